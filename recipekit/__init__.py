@@ -1,0 +1,1 @@
+"""Shared plumbing for the recipes: config, data, models, checkpoints, preemption, outputs."""

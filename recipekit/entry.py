@@ -1,0 +1,59 @@
+"""The command line every recipe shares: ``train.py [--config FILE] [--set key=value ...] [--check]``.
+
+``run(main, Config)`` parses and validates the config, calls ``main(cfg)`` and turns the
+outcome into the documented exit code (see ``recipekit.errors``), printing bad input as one
+line per problem instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from recipekit import config as configlib
+from recipekit.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_USAGE, Preempted, UsageError
+
+
+def make_parser(description: str, default_config: Path) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default=str(default_config),
+                        help=f"recipe config YAML (default: {default_config})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key; repeatable; a.b=v sets a key inside a mapping")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the config (and data) and print the resolved config, then exit")
+    return parser
+
+
+def report(problems: list[str]) -> None:
+    rank = os.environ.get("RANK", "0")
+    if rank != "0":  # under torchrun every rank validates; one copy of the message is enough
+        return
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+
+
+def run(main: Callable[[Any, bool], None], config_cls: type, description: str, recipe_file: str,
+        argv: list[str] | None = None) -> None:
+    """Parse argv into ``config_cls``, run ``main(cfg, check_only)``, exit with the contract's code."""
+    default_config = Path(recipe_file).resolve().with_name("config.yaml")
+    args = make_parser(description, default_config).parse_args(argv)
+    try:
+        cfg = configlib.load(config_cls, args.config, args.overrides)
+        if args.check:
+            main(cfg, True)
+            sys.stdout.write(configlib.dump_yaml(cfg))
+            return
+        main(cfg, False)
+    except UsageError as exc:
+        report(exc.problems)
+        sys.exit(EXIT_USAGE)
+    except Preempted as exc:
+        print(f"stopped: {exc}; exiting with {EXIT_PREEMPTED} so the scheduler retries and resumes",
+              file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)

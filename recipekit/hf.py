@@ -1,0 +1,183 @@
+"""Building blocks on top of transformers/peft that several recipes share.
+
+Each function takes the shared option dataclasses from ``recipekit.schema``, so a recipe
+that uses them gets identical behaviour for identical keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from recipekit import distributed, models, secrets
+from recipekit.errors import UsageError
+from recipekit.schema import LoraOptions, ModelOptions, TrainingOptions
+
+log = logging.getLogger("recipekit")
+FINAL_DIR = "model"
+MERGED_DIR = "merged"
+
+
+def setup_logging() -> None:
+    level = logging.INFO if distributed.is_main() else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # bitsandbytes warns on import about optional CPU kernels it downloads from a hub; irrelevant offline.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+def hub_token(opts: ModelOptions) -> str | None:
+    return secrets.read_secret("use_auth_token", opts.use_auth_token)
+
+
+def check_hub_reachable(opts: TrainingOptions, token: str | None) -> None:
+    """Fail before training, not after it, when push_to_hub cannot work."""
+    if not opts.push_to_hub:
+        return
+    if token is None:
+        raise UsageError("push_to_hub: needs use_auth_token (an env var name or file holding a Hub token)")
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().whoami(token=token)
+    except Exception as exc:  # noqa: BLE001 - network, auth and HTTP errors all mean the same here
+        raise UsageError(f"push_to_hub: cannot reach the Hugging Face Hub ({type(exc).__name__}); "
+                         "set push_to_hub: false or run with network access and a valid token") from None
+
+
+def load_tokenizer(path: str, opts: ModelOptions, token: str | None):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=opts.trust_remote_code, token=token)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def quantization_config(opts: ModelOptions, compute_dtype):
+    if not (opts.load_in_4bit or opts.load_in_8bit):
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if opts.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
+def train_dtype(train: TrainingOptions):
+    import torch
+
+    return torch.bfloat16 if train.bf16 else torch.float16 if train.fp16 else torch.float32
+
+
+def load_causal_lm(path: str, opts: ModelOptions, train: TrainingOptions, token: str | None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    quant = quantization_config(opts, train_dtype(train))
+    kwargs: dict[str, Any] = dict(trust_remote_code=opts.trust_remote_code, token=token,
+                                  attn_implementation=opts.attn_implementation,
+                                  dtype=train_dtype(train) if quant else torch.float32)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        if torch.cuda.is_available():
+            kwargs["device_map"] = {"": distributed.local_rank()}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if quant is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=train.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=train.gradient_checkpointing_kwargs)
+    return model
+
+
+def lora_config(lora: LoraOptions, task_type: str = "CAUSAL_LM"):
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.peft_lora_r, lora_alpha=lora.peft_lora_alpha, lora_dropout=lora.peft_lora_dropout,
+                      target_modules=lora.peft_target_modules, bias="none", task_type=task_type)
+
+
+def trainer_args(train: TrainingOptions) -> dict[str, Any]:
+    """TrainingArguments keywords that follow directly from the shared options."""
+    import torch
+
+    # The TensorBoard callback reads its directory from this env var (default: ./runs, even for eval).
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(train.output_dir) / "runs")
+    return dict(use_cpu=not torch.cuda.is_available(),
+        output_dir=train.output_dir, learning_rate=train.learning_rate,
+        per_device_train_batch_size=train.batch_size, per_device_eval_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps, num_train_epochs=train.num_train_epochs,
+        max_steps=train.max_steps, weight_decay=train.weight_decay, lr_scheduler_type=train.lr_scheduler_type,
+        warmup_steps=train.warmup_ratio, max_grad_norm=train.max_grad_norm, seed=train.seed, data_seed=train.seed,
+        bf16=train.bf16, fp16=train.fp16, activation_checkpointing=train.gradient_checkpointing,
+        activation_checkpointing_kwargs=train.gradient_checkpointing_kwargs, logging_steps=train.logging_steps,
+        logging_first_step=True, save_strategy="steps", save_steps=train.save_steps,
+        save_total_limit=train.save_total_limit, eval_strategy="no", report_to=["tensorboard"],
+        push_to_hub=False, disable_tqdm=True,
+        ddp_find_unused_parameters=False, dataloader_pin_memory=False,
+    )
+
+
+def param_groups(model, train: TrainingOptions) -> list[dict[str, Any]] | None:
+    """AdamW parameter groups for layer-wise LR decay and regex LR multipliers; None when neither is set."""
+    if train.layer_lr_decay == 1.0 and not train.lr_multipliers:
+        return None
+    num_layers = getattr(model.config, "num_hidden_layers", None) or 1
+    groups: dict[tuple[float, bool], list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        scale = 1.0
+        layer = re.search(r"\.layers\.(\d+)\.", name)
+        if layer:
+            scale *= train.layer_lr_decay ** (num_layers - 1 - int(layer.group(1)))
+        elif "embed" in name:
+            scale *= train.layer_lr_decay ** num_layers
+        for pattern, factor in train.lr_multipliers.items():
+            if re.search(pattern, name):
+                scale *= factor
+                break
+        no_decay = param.ndim < 2 or "norm" in name.lower() or name.endswith(".bias")
+        groups.setdefault((scale, no_decay), []).append(param)
+    return [{"params": params, "lr": train.learning_rate * scale, "weight_decay": 0.0 if no_decay
+             else train.weight_decay} for (scale, no_decay), params in groups.items()]
+
+
+def make_optimizer(model, train: TrainingOptions):
+    import torch
+
+    groups = param_groups(model, train)
+    return None if groups is None else torch.optim.AdamW(groups, lr=train.learning_rate)
+
+
+def save_final(trainer, tokenizer, output_dir: str, base_path: str, opts: ModelOptions, lora: LoraOptions,
+               token: str | None) -> dict[str, str]:
+    """Save the model (or adapter) + tokenizer to model/, and for adapters a merged copy to merged/."""
+    final = Path(output_dir) / FINAL_DIR
+    trainer.save_model(str(final))
+    saved = {"model": str(final)}
+    if distributed.is_main():
+        tokenizer.save_pretrained(final)
+        if lora.use_peft and lora.merge_adapter:
+            saved["merged"] = str(merge_adapter(base_path, final, Path(output_dir) / MERGED_DIR, opts, token))
+    distributed.barrier()
+    return saved
+
+
+def merge_adapter(base_path: str, adapter_dir: Path, out: Path, opts: ModelOptions, token: str | None) -> Path:
+    """Merge a LoRA adapter into a fresh full-precision copy of its base (also right for QLoRA)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, token=token,
+                                                trust_remote_code=opts.trust_remote_code)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(out)
+    load_tokenizer(str(adapter_dir), opts, token).save_pretrained(out)
+    return out

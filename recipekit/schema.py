@@ -1,0 +1,106 @@
+"""Config fields shared by the recipes that train a causal LM with the HF Trainer.
+
+A recipe's ``Config`` subclasses these and adds its own keys, so the same key means the same
+thing in every recipe. Defaults follow the embedded model and data.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal, Optional, Union
+
+from recipekit import models, secrets
+from recipekit.config import option
+
+Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                    "constant_with_warmup", "inverse_sqrt"]
+
+
+@dataclass
+class ModelOptions:
+    model_name: str = option(models.EMBEDDED_MODEL, help="embedded alias (smollm2-135m-instruct, "
+                             "tiny-random-llama), local checkpoint dir or Hub model id")
+    trust_remote_code: bool = option(False, help="run modelling code shipped with a Hub model; off by default")
+    use_auth_token: Optional[str] = option(None, help="env var name or file path holding a Hub token "
+                                           "(never the token itself)")
+    load_in_4bit: bool = option(False, help="QLoRA: load the base model in bitsandbytes 4-bit (nf4)")
+    load_in_8bit: bool = option(False, help="load the base model in bitsandbytes 8-bit")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = option(
+        "sdpa", help="attention kernel")
+
+    def check_model(self) -> list[str]:
+        problems = models.check_name("model_name", self.model_name)
+        problems += secrets.check_reference("use_auth_token", self.use_auth_token)
+        if self.load_in_4bit and self.load_in_8bit:
+            problems.append("load_in_4bit: cannot be combined with load_in_8bit; pick one")
+        return problems
+
+
+@dataclass
+class LoraOptions:
+    use_peft: bool = option(True, help="train a LoRA adapter instead of all weights")
+    peft_lora_r: int = option(16, help="LoRA rank", min=1, max=4096)
+    peft_lora_alpha: int = option(32, help="LoRA alpha (scale = alpha / r)", min=1)
+    peft_lora_dropout: float = option(0.0, help="dropout on the LoRA input", min=0.0, max=0.9)
+    peft_target_modules: Union[Literal["all-linear"], list[str]] = option(
+        "all-linear", help="modules that get adapters: all-linear or a list of names (q_proj, v_proj, ...)")
+    merge_adapter: bool = option(True, help="also export base+adapter merged into one model under merged/")
+
+    def check_lora(self, quantized: bool) -> list[str]:
+        problems = []
+        if quantized and not self.use_peft:
+            problems.append("use_peft: a 4-bit/8-bit model can only be trained with LoRA (use_peft: true)")
+        if isinstance(self.peft_target_modules, list) and not self.peft_target_modules:
+            problems.append("peft_target_modules: must not be an empty list")
+        return problems
+
+
+@dataclass
+class TrainingOptions:
+    output_dir: str = option("outputs/run", help="checkpoints, final model, metrics and logs go here")
+    learning_rate: float = option(2e-4, help="peak learning rate", above=0.0, max=1.0)
+    batch_size: int = option(8, help="per-device train batch size", min=1, max=65536)
+    gradient_accumulation_steps: int = option(1, help="micro-batches per optimizer step", min=1, max=65536)
+    num_train_epochs: float = option(1.0, help="epochs over the train split (ignored when max_steps > 0)",
+                                     above=0.0, max=100000)
+    max_steps: int = option(-1, help="stop after this many optimizer steps; -1 = use num_train_epochs",
+                            min=-1, max=10**9)
+    weight_decay: float = option(0.0, help="AdamW weight decay (not applied to norms and biases)", min=0.0, max=10.0)
+    lr_scheduler_type: Scheduler = option("cosine", help="learning rate schedule")
+    warmup_ratio: float = option(0.0, help="fraction of steps spent warming up", min=0.0, max=1.0)
+    max_grad_norm: float = option(1.0, help="gradient clipping norm; 0 disables", min=0.0)
+    layer_lr_decay: float = option(1.0, help="layer-wise LR decay: layer i of L gets lr * decay^(L-1-i); 1 = off",
+                                   above=0.0, max=1.0)
+    lr_multipliers: dict[str, float] = option(default_factory=dict, help="regex on parameter names -> LR "
+                                              "multiplier, first match wins (e.g. {lm_head: 0.1})")
+    seed: int = option(42, help="seed for weights, data order and dropout", min=0, max=2**32 - 1)
+    bf16: bool = option(False, help="train in bfloat16 mixed precision")
+    fp16: bool = option(False, help="train in float16 mixed precision (GPU only)")
+    gradient_checkpointing: bool = option(False, help="recompute activations to save memory")
+    gradient_checkpointing_kwargs: dict[str, bool] = option(default_factory=lambda: {"use_reentrant": False},
+                                                            help="passed to gradient_checkpointing_enable")
+    logging_steps: int = option(5, help="log loss every N steps", min=1, max=10**9)
+    save_steps: int = option(50, help="save a checkpoint every N steps", min=1, max=10**9)
+    save_total_limit: Optional[int] = option(2, help="keep only the newest N complete checkpoints; null = all",
+                                             min=1, max=10**6)
+    resume: bool = option(True, help="resume from the newest complete checkpoint in output_dir, if any")
+    push_to_hub: bool = option(False, help="upload the final model to the Hub (needs network and a token)")
+    hub_model_id: Optional[str] = option(None, help="Hub repo for push_to_hub, e.g. org/name")
+
+    def check_training(self) -> list[str]:
+        problems = []
+        if not self.output_dir.strip():
+            problems.append("output_dir: must not be empty")
+        if self.bf16 and self.fp16:
+            problems.append("bf16: cannot be combined with fp16; pick one")
+        if self.push_to_hub and not self.hub_model_id:
+            problems.append("hub_model_id: required when push_to_hub is true")
+        for pattern, factor in self.lr_multipliers.items():
+            try:
+                re.compile(pattern)
+            except re.error:
+                problems.append(f"lr_multipliers: {pattern!r} is not a valid regular expression")
+            if not 0 < factor <= 1000:
+                problems.append(f"lr_multipliers: multiplier for {pattern!r} must be in (0, 1000], got {factor}")
+        return problems

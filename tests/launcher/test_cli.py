@@ -1,0 +1,57 @@
+"""The launcher CLI as a user meets it: listing, validation errors, refusing bad data early."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import run_launcher
+
+
+def test_list_shows_every_recipe_with_a_description():
+    result = run_launcher("list")
+    assert result.returncode == 0
+    assert result.stdout.startswith("sft ") and "SFTTrainer" in result.stdout
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_bad_value_is_one_line_naming_the_key():
+    result = run_launcher("run", "recipes/sft", "--set", "learning_rate=oops")
+    assert_one_line_error(result, "learning_rate", "expected a number", "'oops'")
+
+
+def test_unknown_key_is_one_line_naming_the_key():
+    result = run_launcher("run", "recipes/sft", "--set", "no_such_key=1")
+    assert_one_line_error(result, "no_such_key", "unknown key")
+
+
+def test_same_errors_under_torchrun():
+    result = run_launcher("run", "recipes/sft", "--nproc", "2", "--set", "learning_rate=oops")
+    assert_one_line_error(result, "learning_rate")
+
+
+def test_dataset_without_the_text_column_is_refused_before_training(tmp_path):
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
+    out = tmp_path / "out"
+    result = run_launcher("run", "recipes/sft", "--set", f"dataset_name={data}", "--set", f"output_dir={out}")
+    assert_one_line_error(result, "dataset_text_field", "'messages' not found", "columns found: question, answer")
+    assert not out.exists()
+
+
+def test_validate_prints_the_resolved_config():
+    result = run_launcher("validate", "recipes/sft", "--set", "learning_rate=1e-4", "--set", "use_peft=false")
+    assert result.returncode == 0, result.stderr
+    assert "learning_rate: 0.0001" in result.stdout and "use_peft: false" in result.stdout
+
+
+def test_unknown_recipe():
+    result = run_launcher("run", "recipes/nope")
+    assert result.returncode == 2 and "no recipe at 'recipes/nope'" in result.stderr

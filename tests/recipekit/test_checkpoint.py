@@ -1,0 +1,49 @@
+"""recipekit.checkpoint: only complete checkpoints are resumed from or kept."""
+
+from recipekit import checkpoint
+
+
+def make(root, step, complete):
+    path = root / f"checkpoint-{step}"
+    path.mkdir()
+    (path / "weights.bin").write_text("x")
+    if complete:
+        checkpoint.mark_complete(path, step)
+    return path
+
+
+def test_latest_complete_skips_a_half_written_newer_one(tmp_path):
+    make(tmp_path, 10, True)
+    make(tmp_path, 20, True)
+    make(tmp_path, 30, False)
+    assert checkpoint.latest_complete(tmp_path) == tmp_path / "checkpoint-20"
+
+
+def test_latest_complete_of_an_empty_or_missing_dir(tmp_path):
+    assert checkpoint.latest_complete(tmp_path) is None
+    assert checkpoint.latest_complete(tmp_path / "absent") is None
+
+
+def test_numeric_not_lexical_order(tmp_path):
+    make(tmp_path, 9, True)
+    make(tmp_path, 10, True)
+    assert checkpoint.latest_complete(tmp_path) == tmp_path / "checkpoint-10"
+
+
+def test_prune_keeps_the_newest_complete(tmp_path):
+    for step in (10, 20, 30):
+        make(tmp_path, step, True)
+    make(tmp_path, 5, False)
+    make(tmp_path, 40, False)  # being written right now: never touched
+    checkpoint.prune(tmp_path, keep=1)
+    assert [p.name for _, p, _ in checkpoint.checkpoints(tmp_path)] == ["checkpoint-30", "checkpoint-40"]
+
+
+def test_publish_replaces_a_stale_copy(tmp_path):
+    staged = tmp_path / ".staging" / "checkpoint-7"
+    staged.mkdir(parents=True)
+    (staged / "new").write_text("new")
+    stale = make(tmp_path, 7, False)
+    checkpoint.publish(staged, stale, 7)
+    assert (stale / "new").exists() and not (stale / "weights.bin").exists()
+    assert checkpoint.latest_complete(tmp_path) == stale

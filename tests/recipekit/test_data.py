@@ -1,0 +1,79 @@
+"""recipekit.data: loading by name and the checks that run before any model is loaded."""
+
+import json
+
+import pytest
+
+from recipekit import data
+from recipekit.errors import DataError
+
+CHAT = [{"role": "user", "content": "When is breakfast?"}, {"role": "assistant", "content": "From 06:45."}]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_embedded_splits_load():
+    train = data.load_split("dataset_name", "hotel", "train")
+    evals = data.load_split("dataset_name", "hotel", "eval")
+    assert len(train) == 240 and len(evals) == 80
+    assert {"messages", "answer_key"} <= set(evals.column_names)
+    assert data.column_kind(train, "messages") == "chat"
+
+
+def test_embedded_unknown_split_is_a_clear_error():
+    with pytest.raises(DataError, match="has splits train, eval, not 'test'"):
+        data.load_split("dataset_name", "hotel", "test")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_local_files_of_each_format(tmp_path, suffix):
+    import pandas as pd
+
+    frame = pd.DataFrame({"text": ["one", "two"], "label": [0, 1]})
+    path = tmp_path / f"rows{suffix}"
+    {".jsonl": lambda p: frame.to_json(p, orient="records", lines=True),
+     ".csv": lambda p: frame.to_csv(p, index=False), ".parquet": frame.to_parquet}[suffix](path)
+    loaded = data.load_split("dataset_name", str(path), "train")
+    assert loaded["text"] == ["one", "two"]
+
+
+def test_missing_column_names_the_key_and_the_columns_found(tmp_path):
+    dataset = data.load_split("dataset_name", write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "label": 1}]),
+                              "train")
+    with pytest.raises(DataError) as info:
+        data.require_columns(dataset, {"dataset_text_field": "messages"}, "d.jsonl")
+    assert info.value.problems == [
+        "dataset_text_field: column 'messages' not found in 'd.jsonl'; columns found: prompt, label"]
+
+
+def test_empty_values_and_bad_messages_are_refused(tmp_path):
+    dataset = data.load_split("d", write_jsonl(tmp_path / "t.jsonl", [{"text": "ok"}, {"text": "  "}]), "train")
+    with pytest.raises(DataError, match="row 1 .* has no text"):
+        data.require_text_column(dataset, "dataset_text_field", "text", "t.jsonl")
+    chats = data.load_split("d", write_jsonl(tmp_path / "c.jsonl", [{"m": CHAT[:1]}]), "train")
+    with pytest.raises(DataError, match="must end with an 'assistant' message"):
+        data.require_chat_column(chats, "dataset_text_field", "m", "c.jsonl")
+
+
+def test_zero_rows_and_missing_files(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("text\n")
+    with pytest.raises(DataError, match="has no rows"):
+        data.load_split("dataset_name", str(empty), "train")
+    no_rows = data.load_split("d", write_jsonl(tmp_path / "rows.jsonl", [{"text": "x"}]), "train").select([])
+    with pytest.raises(DataError, match="has no rows"):
+        data.require_rows(no_rows, "dataset_name", "rows.jsonl")
+    assert data.check_name("dataset_name", str(tmp_path / "absent.jsonl")) == [
+        f"dataset_name: file not found: {tmp_path / 'absent.jsonl'}"]
+    (tmp_path / "notes.txt").write_text("hello")
+    assert data.check_name("dataset_name", str(tmp_path / "notes.txt")) == [
+        "dataset_name: unsupported file type '.txt'; use .jsonl, .json, .csv or .parquet"]
+
+
+def test_chat_rows_become_prompt_and_completion(tmp_path):
+    dataset = data.load_split("d", write_jsonl(tmp_path / "c.jsonl", [{"messages": CHAT}]), "train")
+    row = data.chat_to_prompt_completion(dataset, "messages")[0]
+    assert row == {"prompt": CHAT[:1], "completion": CHAT[1:]}

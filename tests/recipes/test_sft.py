@@ -1,0 +1,91 @@
+"""The sft recipe, run for real through ``launcher run`` on the tiny model (CPU unless marked gpu)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import logged_losses, read_metrics, run_launcher
+
+
+def sft(output_dir: Path, tiny_model: str, small_hotel: dict, *extra: str, nproc: int = 1):
+    overrides = [f"model_name={tiny_model}", f"dataset_name={small_hotel['train']}",
+                 f"eval_dataset_name={small_hotel['eval']}", f"output_dir={output_dir}", "max_steps=8",
+                 "learning_rate=3e-3", "batch_size=2", "logging_steps=1", "save_steps=4", "bf16=false",
+                 "eval_max_new_tokens=8", *extra]
+    args = ["run", "recipes/sft", "--nproc", str(nproc)]
+    for item in overrides:
+        args += ["--set", item]
+    result = run_launcher(*args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_lora_trains_and_every_output_loads(tmp_path, tiny_model, small_hotel):
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    out = tmp_path / "lora"
+    result = sft(out, tiny_model, small_hotel)
+    metrics = read_metrics(out)
+    losses = logged_losses(metrics)
+    assert len(losses) == 8 and losses[-1] < losses[0]
+    assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
+    assert 0.0 <= metrics["hit_rate_after"] <= 1.0 and metrics["global_step"] == 8
+    assert (out / "loss.png").stat().st_size > 0 and list((out / "runs").rglob("events.out.tfevents*"))
+    assert "launcher try" in result.stdout and "held-out answer hit rate" in result.stdout
+
+    adapter = AutoPeftModelForCausalLM.from_pretrained(out / "model")  # plain peft code
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged")  # plain transformers code
+    assert adapter.peft_config["default"].r == 16 and merged.config.num_hidden_layers == 2
+    chat = pipeline("text-generation", model=merged, tokenizer=AutoTokenizer.from_pretrained(out / "merged"))
+    reply = chat([{"role": "user", "content": "When is check-out?"}], max_new_tokens=4, do_sample=False)
+    assert reply[0]["generated_text"][-1]["role"] == "assistant"
+
+    resolved = (out / "resolved_config.yaml").read_text()
+    assert f"output_dir: {out}" in resolved and "learning_rate: 0.003" in resolved
+
+
+def test_full_fine_tuning(tmp_path, tiny_model, small_hotel):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "full"
+    sft(out, tiny_model, small_hotel, "use_peft=false", "eval_answer_field=null")
+    losses = logged_losses(read_metrics(out))
+    assert losses[-1] < losses[0]
+    assert not (out / "merged").exists()
+    AutoModelForCausalLM.from_pretrained(out / "model")
+
+
+def test_rerun_resumes_from_the_newest_complete_checkpoint(tmp_path, tiny_model, small_hotel):
+    out = tmp_path / "resume"
+    sft(out, tiny_model, small_hotel, "max_steps=4", "save_steps=2", "eval_answer_field=null")
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4 and (out / "checkpoint-4" / "COMPLETE").is_file()
+    sft(out, tiny_model, small_hotel, "max_steps=6", "save_steps=2", "eval_answer_field=null")
+    metrics = read_metrics(out)
+    assert metrics["resumed_from"] == str(out / "checkpoint-4")
+    assert metrics["global_step"] == 6
+    steps = [row["step"] for row in metrics["log_history"] if "loss" in row]
+    assert steps == [1, 2, 3, 4, 5, 6]  # steps 1-4 come from the checkpoint's history, 5-6 are new
+
+
+def test_two_ddp_processes(tmp_path, tiny_model, small_hotel):
+    out = tmp_path / "ddp"
+    sft(out, tiny_model, small_hotel, "max_steps=4", "eval_answer_field=null", nproc=2)
+    metrics = read_metrics(out)
+    assert metrics["world_size"] == 2 and metrics["global_step"] == 4
+
+
+@pytest.mark.gpu
+def test_lora_on_gpu_in_bf16(tmp_path, tiny_model, small_hotel):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU: run `make test-gpu` on a GPU machine")
+    out = tmp_path / "gpu"
+    sft(out, tiny_model, small_hotel, "bf16=true")
+    metrics = read_metrics(out)
+    assert metrics["device"].startswith("cuda") and logged_losses(metrics)[-1] < logged_losses(metrics)[0]
