@@ -104,6 +104,8 @@ class AtomicCheckpointMixin:
         distributed.barrier()
         if self.args.should_save:
             publish(staging_root / f"checkpoint-{step}", Path(self.args.output_dir) / f"checkpoint-{step}", step)
+            if not any(staging_root.iterdir()):
+                staging_root.rmdir()
             prune(self.args.output_dir, limit)
         distributed.barrier()
 

@@ -45,6 +45,8 @@ class LoraOptions:
     peft_lora_dropout: float = option(0.0, help="dropout on the LoRA input", min=0.0, max=0.9)
     peft_target_modules: Union[Literal["all-linear"], list[str]] = option(
         "all-linear", help="modules that get adapters: all-linear or a list of names (q_proj, v_proj, ...)")
+    peft_top_layers: Optional[int] = option(None, help="adapt only the top N decoder layers; backprop then "
+                                            "stops below them, which is faster; null = every layer", min=1)
     merge_adapter: bool = option(True, help="also export base+adapter merged into one model under merged/")
 
     def check_lora(self, quantized: bool) -> list[str]:

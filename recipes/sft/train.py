@@ -77,11 +77,13 @@ def to_trl_format(dataset, cfg: Config, kind: str):
     return data.text_only(dataset, cfg.dataset_text_field)
 
 
-def hit_rate(model, tokenizer, rows, cfg: Config) -> float | None:
+def hit_rate(model, tokenizer, rows, cfg: Config, adapter: bool) -> float | None:
+    """Answer hit rate on rank 0; ``adapter=False`` measures the base model (LoRA switched off)."""
     if not rows or not distributed.is_main():
         return None
-    rate, _ = evaluate.answer_hit_rate(model, tokenizer, rows, cfg.dataset_text_field, cfg.eval_answer_field,
-                                       cfg.eval_max_new_tokens, dtype=hf.train_dtype(cfg))
+    with hf.generation_view(model, cfg, adapter):
+        rate, _ = evaluate.answer_hit_rate(model, tokenizer, rows, cfg.dataset_text_field, cfg.eval_answer_field,
+                                           cfg.eval_max_new_tokens, dtype=hf.train_dtype(cfg))
     return rate
 
 
@@ -97,7 +99,7 @@ def main(cfg: Config, check_only: bool) -> None:
     # Build.
     from trl import SFTConfig, SFTTrainer
 
-    class Trainer(checkpoint.AtomicCheckpointMixin, SFTTrainer):
+    class Trainer(checkpoint.AtomicCheckpointMixin, hf.PlainLossOnCPUMixin, SFTTrainer):
         pass
 
     stopper = checkpoint.StopOnSignal()
@@ -110,7 +112,7 @@ def main(cfg: Config, check_only: bool) -> None:
         model=model, args=args, processing_class=tokenizer,
         train_dataset=to_trl_format(train_rows, cfg, kind),
         eval_dataset=to_trl_format(eval_rows, cfg, kind) if eval_rows is not None else None,
-        peft_config=hf.lora_config(cfg) if cfg.use_peft else None,
+        peft_config=hf.lora_config(cfg, model) if cfg.use_peft else None,
         optimizers=(hf.make_optimizer(model, cfg), None),
         callbacks=[checkpoint.trainer_callback(stopper)],
     )
@@ -124,7 +126,7 @@ def main(cfg: Config, check_only: bool) -> None:
     if resume_from is None:
         if eval_rows is not None:
             metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
-        metrics["hit_rate_before"] = hit_rate(trainer.model, tokenizer, hit_rows, cfg)
+        metrics["hit_rate_before"] = hit_rate(trainer.model, tokenizer, hit_rows, cfg, adapter=False)
         if metrics["hit_rate_before"] is not None:
             log.info("held-out answer hit rate before training: %.1f%%", 100 * metrics["hit_rate_before"])
     distributed.barrier()
@@ -137,7 +139,7 @@ def main(cfg: Config, check_only: bool) -> None:
                    train_runtime_s=result.metrics.get("train_runtime"))
     if eval_rows is not None:
         metrics["eval_loss_after"] = trainer.evaluate()["eval_loss"]
-    metrics["hit_rate_after"] = hit_rate(trainer.model, tokenizer, hit_rows, cfg)
+    metrics["hit_rate_after"] = hit_rate(trainer.model, tokenizer, hit_rows, cfg, adapter=True)
     metrics.update(hf.save_final(trainer, tokenizer, cfg.output_dir, model_path, cfg, cfg, token))
     if distributed.is_main():
         metrics["log_history"] = trainer.state.log_history

@@ -44,6 +44,9 @@ def test_lora_trains_and_every_output_loads(tmp_path, tiny_model, small_hotel):
     reply = chat([{"role": "user", "content": "When is check-out?"}], max_new_tokens=4, do_sample=False)
     assert reply[0]["generated_text"][-1]["role"] == "assistant"
 
+    tried = run_launcher("try", str(out), "--prompt", "Is there parking?", "--max-new-tokens", "4")
+    assert tried.returncode == 0 and tried.stdout.startswith("> Is there parking?\n"), tried.stderr[-2000:]
+
     resolved = (out / "resolved_config.yaml").read_text()
     assert f"output_dir: {out}" in resolved and "learning_rate: 0.003" in resolved
 
