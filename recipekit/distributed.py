@@ -39,3 +39,27 @@ def any_rank(flag: bool) -> bool:
     value = torch.tensor([1 if flag else 0], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def init() -> "torch.device":
+    """Join the process group torchrun describes (if any) and return this rank's device.
+
+    NCCL with one GPU per local rank when CUDA is present, gloo on CPU. A no-op for a single
+    process started without torchrun.
+    """
+    import torch
+    import torch.distributed as dist
+
+    device = torch.device(f"cuda:{local_rank()}") if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if "RANK" in os.environ and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def shutdown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

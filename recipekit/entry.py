@@ -8,6 +8,7 @@ line per problem instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -57,3 +58,15 @@ def run(main: Callable[[Any, bool], None], config_cls: type, description: str, r
         sys.exit(EXIT_PREEMPTED)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
+
+
+def import_recipe(path: Path):
+    """Import another recipe's entry module by path, so a recipe can build on one (sft-zero2 on sft)."""
+    name = "recipe_" + path.parent.name.replace("-", "_")
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is created
+    spec.loader.exec_module(module)
+    return module

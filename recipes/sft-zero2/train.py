@@ -1,0 +1,94 @@
+"""SFT under DeepSpeed ZeRO-2: optimizer states and gradients sharded across data-parallel ranks.
+
+    launcher run recipes/sft-zero2 --nproc 2                     # 2 processes, CPU (DS_ACCELERATOR=cpu)
+    launcher run recipes/sft-zero2 --nproc 2 --set offload_optimizer=true
+    torchrun --nproc_per_node 4 recipes/sft-zero2/train.py --config recipes/sft-zero2/config.yaml
+
+The training itself is the sft recipe's (same keys, data handling and outputs); this recipe adds
+the DeepSpeed engine. It is always launched by torchrun, never by the ssh-based `deepspeed`
+launcher, so it runs the same in a Kubernetes pod and under srun. `zero2.json` next to this file
+is the DeepSpeed config; its "auto" values are filled from the recipe config and the resolved
+copy is written to `<output_dir>/deepspeed_config.json`. Checkpoints are saved and resumed by
+the DeepSpeed engine's own save/load (inside the usual atomic checkpoint-N directories).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from recipekit import distributed, entry, hf, outputs, sft_data
+from recipekit.config import option
+from recipekit.errors import UsageError
+
+sft = entry.import_recipe(Path(__file__).resolve().parent.parent / "sft" / "train.py")
+ZERO_CONFIG = Path(__file__).resolve().with_name("zero2.json")
+
+
+@dataclass
+class Config(sft.Config):
+    offload_optimizer: bool = option(False, help="keep optimizer states in CPU memory (ZeRO-Offload)")
+    zero_config: str = option(str(ZERO_CONFIG), help="DeepSpeed config; 'auto' values are filled from this config")
+
+    def check(self) -> list[str]:
+        problems = super().check()
+        if self.load_in_4bit or self.load_in_8bit:
+            problems.append("load_in_4bit: bitsandbytes quantization is not supported under ZeRO-2; use recipes/sft")
+        if self.layer_lr_decay != 1.0 or self.lr_multipliers:
+            problems.append("layer_lr_decay: per-layer learning rates are not supported here (DeepSpeed builds "
+                            "the optimizer); use recipes/sft")
+        if not Path(self.zero_config).is_file():
+            problems.append(f"zero_config: file not found: {self.zero_config}")
+        return problems
+
+
+def deepspeed_config(cfg: Config) -> dict:
+    """zero2.json with every "auto" replaced by the value this run uses."""
+    try:
+        ds = json.loads(Path(cfg.zero_config).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"zero_config: cannot read {cfg.zero_config} as JSON ({type(exc).__name__})") from None
+    zero = ds.setdefault("zero_optimization", {})
+    if zero.get("stage", 2) != 2:
+        raise UsageError(f"zero_config: this recipe runs ZeRO stage 2, the file sets stage {zero['stage']}")
+    zero["offload_optimizer"] = {"device": "cpu" if cfg.offload_optimizer else "none"}
+    filled = {
+        "train_micro_batch_size_per_gpu": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "train_batch_size": cfg.batch_size * cfg.gradient_accumulation_steps * distributed.world_size(),
+        "gradient_clipping": cfg.max_grad_norm,
+    }
+    ds.update({key: value for key, value in filled.items() if ds.get(key, "auto") == "auto"})
+    ds.setdefault("bf16", {})["enabled"] = cfg.bf16
+    ds.setdefault("fp16", {})["enabled"] = cfg.fp16
+    params = ds.get("optimizer", {}).get("params", {})
+    for key, value in (("lr", cfg.learning_rate), ("weight_decay", cfg.weight_decay)):
+        if params.get(key) == "auto":
+            params[key] = value
+    return ds
+
+
+def main(cfg: Config, check_only: bool) -> None:
+    # Validate: config, data and the DeepSpeed file, before any model is loaded.
+    hf.setup_logging()
+    token = hf.hub_token(cfg)
+    splits = sft_data.load(cfg, token)
+    hf.check_hub_reachable(cfg, token)
+    ds = deepspeed_config(cfg)
+    if check_only:
+        return
+
+    # DeepSpeed picks its accelerator at import time; without a GPU it must be told to use the CPU.
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if distributed.is_main():
+        outputs.write_atomic(Path(cfg.output_dir) / "deepspeed_config.json", json.dumps(ds, indent=2) + "\n")
+    sft.train(cfg, splits, token, recipe="sft-zero2", deepspeed=ds)
+
+
+if __name__ == "__main__":
+    entry.run(main, Config, "SFT under DeepSpeed ZeRO-2", __file__)
