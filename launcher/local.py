@@ -7,10 +7,15 @@ backends run inside their containers.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from launcher.recipes import Recipe
+from recipekit.errors import EXIT_PREEMPTED
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 def recipe_args(recipe: Recipe, config: str | None, overrides: tuple[str, ...]) -> list[str]:
@@ -33,11 +38,47 @@ def check(recipe: Recipe, config: str | None, overrides: tuple[str, ...]) -> int
                           stdout=subprocess.DEVNULL).returncode
 
 
+def children(pid: int) -> list[int]:
+    """Direct child processes of ``pid`` (Linux /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(p) for p in task.read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
 def run(recipe: Recipe, config: str | None, overrides: tuple[str, ...], nproc: int) -> int:
+    """Run to completion, forwarding SIGTERM/SIGUSR1 to the training processes.
+
+    The recipes turn those signals into "checkpoint, then exit 143". Under torchrun they go to
+    the workers, not to torchrun itself (which would kill its workers without a checkpoint), and
+    the launcher reports 143 rather than torchrun's generic failure.
+    """
     if nproc > 1:
         code = check(recipe, config, overrides)
         if code != 0:
             return code
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.run(command(recipe, config, overrides, nproc), env=env).returncode
+    proc = subprocess.Popen(command(recipe, config, overrides, nproc), env=env)
+    forwarded: list[int] = []
+
+    def forward(signum, frame):
+        forwarded.append(signum)
+        for pid in (children(proc.pid) if nproc > 1 else [proc.pid]):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if forwarded and nproc > 1 and code != 0:
+        return EXIT_PREEMPTED
+    return code

@@ -104,8 +104,7 @@ class AtomicCheckpointMixin:
         distributed.barrier()
         if self.args.should_save:
             publish(staging_root / f"checkpoint-{step}", Path(self.args.output_dir) / f"checkpoint-{step}", step)
-            if not any(staging_root.iterdir()):
-                staging_root.rmdir()
+            shutil.rmtree(staging_root, ignore_errors=True)  # also any half-written leftovers of a killed run
             prune(self.args.output_dir, limit)
         distributed.barrier()
 

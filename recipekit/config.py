@@ -53,6 +53,13 @@ def describe_type(tp: Any) -> str:
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
+def _display_key(key: Any) -> str:
+    """A key as typed when it is a plain name, quoted otherwise (empty, spaces, odd characters)."""
+    if isinstance(key, str) and key and all(ch.isalnum() or ch in "_.-" for ch in key):
+        return key
+    return _short(key)
+
+
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -180,7 +187,7 @@ def build(cls: type, values: dict[str, Any]) -> Any:
         if not isinstance(key, str) or key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            problems.append(f"{_short(key) if not isinstance(key, str) else key}: unknown key{hint}")
+            problems.append(f"{_display_key(key)}: unknown key{hint}")
             continue
         try:
             kwargs[key] = coerce(value, hints[key])

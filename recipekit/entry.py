@@ -34,7 +34,13 @@ def report(problems: list[str]) -> None:
     if rank != "0":  # under torchrun every rank validates; one copy of the message is enough
         return
     for problem in problems:
-        print(f"error: {problem}", file=sys.stderr)
+        print(f"error: {one_line(problem)}", file=sys.stderr)
+
+
+def one_line(text: str) -> str:
+    """Escape control characters (newlines included) so a user-supplied value cannot split a message."""
+    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii")
+                   for ch in text)
 
 
 def run(main: Callable[[Any, bool], None], config_cls: type, description: str, recipe_file: str,

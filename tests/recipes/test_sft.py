@@ -93,3 +93,17 @@ def test_lora_on_gpu_in_bf16(tmp_path, tiny_model, small_hotel):
     sft(out, tiny_model, small_hotel, "bf16=true")
     metrics = read_metrics(out)
     assert metrics["device"].startswith("cuda") and logged_losses(metrics)[-1] < logged_losses(metrics)[0]
+
+
+def test_token_never_reaches_outputs_or_logs(tmp_path, tiny_model, small_hotel, monkeypatch):
+    canary = "hf_CANARY_7f3a9c1e5b"
+    monkeypatch.setenv("HF_TOKEN", canary)
+    out = tmp_path / "secret"
+    result = sft(out, tiny_model, small_hotel, "use_auth_token=HF_TOKEN", "max_steps=2", "eval_answer_field=null")
+    assert canary not in result.stdout + result.stderr
+    leaked = [p for p in out.rglob("*") if p.is_file() and canary.encode() in p.read_bytes()]
+    assert leaked == []
+    assert "use_auth_token: HF_TOKEN" in (out / "resolved_config.yaml").read_text()  # the reference, not the value
+
+    refused = run_launcher("run", "recipes/sft", "--set", f"use_auth_token={canary}")
+    assert refused.returncode == 2 and canary not in refused.stdout + refused.stderr
