@@ -1,0 +1,160 @@
+"""The sft-fsdp recipe: full-weight SFT under FSDP2, 2 processes on CPU (gloo), tiny model."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO, logged_losses, read_metrics, run_launcher
+from tests.recipes.test_sft import sft
+
+
+def fsdp(out, tiny_model, small_hotel, *extra, nproc: int = 2):
+    return sft(out, tiny_model, small_hotel, "eval_answer_field=null", *extra, nproc=nproc, recipe="sft-fsdp")
+
+
+def reply_loss(model_dir, eval_file: str) -> float:
+    """Mean loss per reply token of a saved model on the eval rows, with plain transformers and no packing."""
+    import torch
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from recipekit.sft_data import IGNORE_INDEX, SFTDataOptions, tokenize
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    rows = tokenize(load_dataset("json", data_files=eval_file, split="train"), AutoTokenizer.from_pretrained(model_dir),
+                    SFTDataOptions(seq_length=256), "chat")
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for row in rows:
+            labels = torch.tensor([row["labels"]])
+            n = int((labels[:, 1:] != IGNORE_INDEX).sum())
+            total += model(input_ids=torch.tensor([row["input_ids"]]), labels=labels).loss.item() * n
+            count += n
+    return total / count
+
+
+def test_two_ranks_train_and_the_export_is_the_trained_model(tmp_path, tiny_model, small_hotel):
+    from transformers import AutoModelForCausalLM
+
+    from recipekit import models
+
+    out = tmp_path / "fsdp"
+    result = fsdp(out, tiny_model, small_hotel, "eval_answer_field=answer_key")
+    metrics = read_metrics(out)
+    assert metrics["world_size"] == 2 and metrics["global_step"] == 8 and metrics["resumed_from"] is None
+    losses = logged_losses(metrics)
+    assert len(losses) == 8 and losses[-1] < losses[0] - 0.3
+    assert metrics["eval_loss_after"] < metrics["eval_loss_before"] - 0.3
+    assert 0.0 <= metrics["hit_rate_after"] <= 1.0 and "eval loss:" in result.stdout
+
+    ckpt = out / "checkpoint-8"  # sharded DCP: one file per rank plus the metadata
+    assert (ckpt / "COMPLETE").is_file() and (ckpt / ".metadata").is_file()
+    assert sorted(p.name for p in ckpt.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert not (out / ".staging").exists()
+
+    # The consolidated export loads with plain transformers and scores the eval replies as training measured
+    # them (packed there, one by one here), far from the untrained model.
+    assert AutoModelForCausalLM.from_pretrained(out / "model").config.num_hidden_layers == 2
+    exported = reply_loss(out / "model", small_hotel["eval"])
+    assert abs(exported - metrics["eval_loss_after"]) < 1e-3 * metrics["eval_loss_after"]
+    base = reply_loss(models.prepare_tiny(), small_hotel["eval"])
+    assert abs(base - metrics["eval_loss_before"]) < 1e-3 * base
+    assert (out / "loss.png").stat().st_size > 0 and "packing: true" in (out / "resolved_config.yaml").read_text()
+
+
+def test_rerun_resumes_exactly_where_the_checkpoint_left_off(tmp_path, tiny_model, small_hotel):
+    # 16 packed blocks, 4 per step on 2 ranks: 4 steps per epoch, so step 3 stops mid-epoch.
+    same = ("lr_scheduler_type=constant", "warmup_ratio=0.0", "save_steps=3")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    fsdp(straight, tiny_model, small_hotel, "max_steps=6", *same)
+    fsdp(resumed, tiny_model, small_hotel, "max_steps=3", *same)
+    state = json.loads((resumed / "checkpoint-3" / "trainer_state.json").read_text())
+    assert (state["step"], state["epoch"], state["position"]) == (3, 0, 12)
+
+    fsdp(resumed, tiny_model, small_hotel, "max_steps=6", *same)
+    metrics = read_metrics(resumed)
+    assert metrics["resumed_from"] == str(resumed / "checkpoint-3") and metrics["global_step"] == 6
+    steps = [row["step"] for row in metrics["log_history"] if "loss" in row]
+    assert steps == [1, 2, 3, 4, 5, 6]  # 1-3 from the checkpoint's history, 4-6 trained after the restart
+    # Same weights, optimizer state, data position (across the epoch boundary) and RNG: same losses.
+    expected = logged_losses(read_metrics(straight))
+    assert logged_losses(metrics)[3:] == pytest.approx(expected[3:], rel=1e-6)
+    assert metrics["eval_loss_after"] == pytest.approx(read_metrics(straight)["eval_loss_after"], rel=1e-6)
+
+
+def test_checkpoint_of_two_ranks_resumes_in_one_process(tmp_path, tiny_model, small_hotel):
+    out = tmp_path / "reshard"
+    options = ("bf16=true", "gradient_checkpointing=true", "save_steps=2")
+    fsdp(out, tiny_model, small_hotel, "max_steps=4", *options, nproc=2)
+    first = read_metrics(out)
+    assert first["world_size"] == 2
+
+    fsdp(out, tiny_model, small_hotel, "max_steps=6", *options, nproc=1)
+    metrics = read_metrics(out)
+    assert metrics["world_size"] == 1 and metrics["resumed_from"] == str(out / "checkpoint-4")
+    assert metrics["global_step"] == 6 and metrics["eval_loss_before"] == first["eval_loss_before"]
+    steps = [row["step"] for row in metrics["log_history"] if "loss" in row]
+    losses = logged_losses(metrics)
+    assert steps == [1, 2, 3, 4, 5, 6]
+    # Step 5 starts from the trained weights (an untrained start would be back at the step-1 loss).
+    assert losses[4] < losses[0] - 0.3 and metrics["eval_loss_after"] < first["eval_loss_after"]
+    assert sorted(p.name for p in (out / "checkpoint-6").glob("*.distcp")) == ["__0_0.distcp"]
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path, tiny_model, small_hotel):
+    out = tmp_path / "stop"
+    args = ["run", "recipes/sft-fsdp", "--nproc", "2"]
+    for item in (f"model_name={tiny_model}", f"dataset_name={small_hotel['train']}", "eval_split=null",
+                 f"output_dir={out}", "max_steps=500", "save_steps=1000", "logging_steps=1", "bf16=false"):
+        args += ["--set", item]
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "launcher.cli", *args], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines, deadline = [], time.time() + 300
+    for line in proc.stdout:
+        lines.append(line)
+        if "step 2/500" in line or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=300)
+    output = "".join(lines) + rest
+    assert proc.returncode == 143, output[-3000:]
+    saved = [p for p in out.glob("checkpoint-*") if (p / "COMPLETE").is_file()]
+    assert len(saved) == 1, output[-3000:]
+    step = json.loads((saved[0] / "trainer_state.json").read_text())["step"]
+    assert 2 <= step < 500 and saved[0].name == f"checkpoint-{step}"
+    assert not (out / "model").exists() and "stopped: checkpoint saved at step" in output
+
+
+def test_bad_config_is_refused_before_anything_loads():
+    result = run_launcher("run", "recipes/sft-fsdp", "--nproc", "2", "--set", "load_in_4bit=true",
+                          "--set", "bf16=false", "--set", "fp16=true")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "load_in_4bit: quantized weights cannot be trained in full under FSDP" in result.stderr
+    assert "fp16: not supported here" in result.stderr
+
+
+def test_missing_column_is_refused_before_anything_loads(small_hotel):
+    result = run_launcher("run", "recipes/sft-fsdp", "--nproc", "2", "--set", f"dataset_name={small_hotel['train']}",
+                          "--set", "dataset_text_field=question")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "dataset_text_field: column 'question' not found" in result.stderr
+
+
+@pytest.mark.gpu
+def test_bf16_on_gpus_with_nccl(tmp_path, tiny_model, small_hotel):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU: run `make test-gpu` on a GPU machine")
+    out = tmp_path / "gpu"
+    fsdp(out, tiny_model, small_hotel, "bf16=true", nproc=min(2, torch.cuda.device_count()))
+    metrics = read_metrics(out)
+    losses = logged_losses(metrics)
+    assert metrics["device"].startswith("cuda") and losses[-1] < losses[0]
+    assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
