@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from recipekit import distributed, entry, hf, outputs, sft_data
+from recipekit import deepspeed_ops, distributed, entry, hf, outputs, sft_data
 from recipekit.config import option
 from recipekit.errors import UsageError
 
@@ -85,6 +85,7 @@ def main(cfg: Config, check_only: bool) -> None:
 
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    deepspeed_ops.prepare(cfg.offload_optimizer)
     if distributed.is_main():
         outputs.write_atomic(Path(cfg.output_dir) / "deepspeed_config.json", json.dumps(ds, indent=2) + "\n")
     sft.train(cfg, splits, token, recipe="sft-zero2", deepspeed=ds)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from recipekit import deepspeed_ops
+
 from tests.conftest import logged_losses, read_metrics, run_launcher
 from tests.recipes.test_sft import sft
 
@@ -15,6 +17,10 @@ def zero2(out, tiny_model, small_hotel, *extra):
 def test_trains_with_two_ranks_and_resumes_with_the_engine_checkpoint(tmp_path, tiny_model, small_hotel):
     from peft import AutoPeftModelForCausalLM
 
+    # A build lock left by a process killed mid-build must not hang the next job.
+    stale = deepspeed_ops.extensions_dir() / "fused_adam" / "lock"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.touch()
     out = tmp_path / "z2"
     zero2(out, tiny_model, small_hotel, "max_steps=4", "save_steps=2")
     first = read_metrics(out)

@@ -1,0 +1,55 @@
+"""DeepSpeed's just-in-time C++ ops, built once per machine without hanging on a stale lock.
+
+DeepSpeed compiles its ops (fused Adam, CPU Adam, the shared-memory all-reduce) on first use
+through torch's extension loader, which guards each build with a plain `lock` file. A process
+killed while holding it (preemption, OOM kill, SIGKILL) leaves the file behind, and every later
+job then waits on it forever. Here every build runs under an flock, which the kernel releases
+when its holder dies, so a leftover `lock` file is provably stale and is removed before building.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sys
+from pathlib import Path
+
+from recipekit import models
+
+log = logging.getLogger(__name__)
+
+
+def extensions_dir() -> Path:
+    """Where the ops are built: TORCH_EXTENSIONS_DIR if set, else a per-torch-version cache dir."""
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    import torch
+
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}"
+    return models.cache_dir().parent / "torch_extensions" / tag
+
+
+def prepare(offload_optimizer: bool) -> None:
+    """Build (or load) the ops a ZeRO run needs before DeepSpeed asks for them.
+
+    DeepSpeed keeps every loaded op in a per-process table, so its own later loads return these
+    modules and never touch the lock files again.
+    """
+    from deepspeed.accelerator import get_accelerator
+
+    root = extensions_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(root)
+    wanted = ["CPUAdamBuilder" if offload_optimizer else "FusedAdamBuilder", "ShareMemCommBuilder"]
+    with open(root / ".build.flock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        for name in wanted:
+            builder = get_accelerator().create_op_builder(name)
+            if builder is None or not builder.is_compatible(verbose=False):
+                continue
+            stale = root / builder.NAME / "lock"
+            if stale.exists():
+                log.warning("removing a stale build lock left by a killed process: %s", stale)
+                stale.unlink()
+            builder.load(verbose=False)
