@@ -21,7 +21,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 def recipe_args(recipe: Recipe, config: str | None, overrides: tuple[str, ...]) -> list[str]:
     args = [str(recipe.entry), "--config", config or str(recipe.config)]
     for item in overrides:
-        args += ["--set", item]
+        args.append(f"--set={item}")  # one token, so a value starting with "-" is not taken for an option
     return args
 
 
@@ -32,10 +32,12 @@ def command(recipe: Recipe, config: str | None, overrides: tuple[str, ...], npro
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
 
 
-def check(recipe: Recipe, config: str | None, overrides: tuple[str, ...]) -> int:
+def check(recipe: Recipe, config: str | None, overrides: tuple[str, ...], nproc: int = 1) -> int:
     """Validate config and data in one process (so errors print once), without training."""
+    # WORLD_SIZE lets checks that depend on the process count (e.g. pipeline stages) run here too.
+    env = {**os.environ, "WORLD_SIZE": str(nproc)}
     return subprocess.run([sys.executable, *recipe_args(recipe, config, overrides), "--check"],
-                          stdout=subprocess.DEVNULL).returncode
+                          stdout=subprocess.DEVNULL, env=env).returncode
 
 
 def children(pid: int) -> list[int]:
@@ -57,7 +59,7 @@ def run(recipe: Recipe, config: str | None, overrides: tuple[str, ...], nproc: i
     the launcher reports 143 rather than torchrun's generic failure.
     """
     if nproc > 1:
-        code = check(recipe, config, overrides)
+        code = check(recipe, config, overrides, nproc)
         if code != 0:
             return code
     env = dict(os.environ)

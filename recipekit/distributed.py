@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def rank() -> int:
@@ -56,6 +61,28 @@ def init() -> "torch.device":
     if "RANK" in os.environ and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device
+
+
+def init_group() -> "torch.device":
+    """Like init(), but a single process without torchrun gets a process group of one, so recipes
+    that call collectives directly (FSDP, pipelining) run one code path at every world size."""
+    import torch.distributed as dist
+
+    device = init()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(),
+                                rank=0, world_size=1)
+    return device
+
+
+@contextlib.contextmanager
+def main_first():
+    """Rank 0 runs the block first (e.g. filling the datasets cache), then the other ranks (reading it)."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
 
 
 def shutdown() -> None:

@@ -18,8 +18,16 @@ from recipekit import config as configlib
 from recipekit.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_USAGE, Preempted, UsageError
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one ``error:`` line and exit 2, like every other bad input."""
+
+    def error(self, message: str):
+        report([f"{one_line(message)} (see --help)"])
+        sys.exit(EXIT_USAGE)
+
+
 def make_parser(description: str, default_config: Path) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
+    parser = OneLineParser(description=description)
     parser.add_argument("--config", default=str(default_config),
                         help=f"recipe config YAML (default: {default_config})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

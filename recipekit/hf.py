@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from recipekit import distributed, models, secrets
+from recipekit import distributed, secrets
 from recipekit.errors import UsageError
 from recipekit.schema import LoraOptions, ModelOptions, TrainingOptions
 

@@ -295,24 +295,17 @@ def export(model, tokenizer, model_path: str, cfg: Config, token: str | None, de
 
 def train(cfg: Config, splits: sft_data.SFTData, token: str | None) -> dict:
     import torch
-    import torch.distributed as dist
     from transformers import get_scheduler, set_seed
 
     # Build: process group (a 1-rank group without torchrun), tokens, model, shards, optimizer, schedule.
-    device = distributed.init()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(),
-                                rank=0, world_size=1)
+    device = distributed.init_group()
     stopper = checkpoint.StopOnSignal()
     set_seed(cfg.seed)
     ws, model_path = distributed.world_size(), models.resolve(cfg.model_name)
     tokenizer = hf.load_tokenizer(model_path, cfg, token)
-    if not distributed.is_main():  # rank 0 tokenizes (and fills the datasets cache) first
-        distributed.barrier()
-    train_items, eval_items = [to_items(sft_data.tokenize(split, tokenizer, cfg, splits.kind), cfg)
-                               if split is not None else [] for split in (splits.train, splits.eval)]
-    if distributed.is_main():
-        distributed.barrier()
+    with distributed.main_first():  # rank 0 tokenizes (and fills the datasets cache) first
+        train_items, eval_items = [to_items(sft_data.tokenize(split, tokenizer, cfg, splits.kind), cfg)
+                                   if split is not None else [] for split in (splits.train, splits.eval)]
     if not train_items:
         raise DataError(f"dataset_text_field: no tokens in column {cfg.dataset_text_field!r} of {cfg.dataset_name!r}")
     pad_id = tokenizer.pad_token_id

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import run_launcher
+from tests.conftest import REPO, run_launcher
 
 
 def test_list_shows_every_recipe_with_a_description():
     result = run_launcher("list")
     assert result.returncode == 0
-    assert result.stdout.startswith("sft ") and "SFTTrainer" in result.stdout
+    listed = {line.split()[0]: line for line in result.stdout.splitlines()}
+    on_disk = {p.parent.name for p in REPO.glob("recipes/*/config.yaml")}
+    assert set(listed) == on_disk and "sft" in on_disk
+    assert all(len(line.split(None, 1)) == 2 for line in listed.values())  # every recipe has a description
+    assert "SFTTrainer" in listed["sft"]
 
 
 def assert_one_line_error(result, *fragments):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 from dataclasses import fields
 from pathlib import Path
 

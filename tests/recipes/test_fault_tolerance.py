@@ -41,10 +41,15 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
         time.sleep(0.01)
 
 
-def adapter_weights(output_dir: Path) -> dict:
+def final_weights(output_dir: Path) -> dict:
+    """Every tensor of the final model/ (a LoRA adapter or a full checkpoint)."""
     from safetensors.torch import load_file
 
-    return load_file(output_dir / "model" / "adapter_model.safetensors")
+    weights = {}
+    for path in sorted((output_dir / "model").glob("*.safetensors")):
+        weights.update(load_file(path))
+    assert weights, f"no safetensors in {output_dir / 'model'}"
+    return weights
 
 
 def assert_same_weights(a: dict, b: dict) -> None:
@@ -54,7 +59,7 @@ def assert_same_weights(a: dict, b: dict) -> None:
         assert (a[name] - b[name]).abs().max().item() <= 1e-6 * scale, name
 
 
-@pytest.mark.parametrize("recipe,nproc", [("sft", 1)])
+@pytest.mark.parametrize("recipe,nproc", [("sft", 1), ("sft-fsdp", 2)])
 def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_model, small_hotel, recipe, nproc):
     steps = ["max_steps=24"]
     reference = tmp_path / "reference"
@@ -77,7 +82,7 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_model, 
     assert resumed["resumed_from"] == str(stopped / f"checkpoint-{saved[-1]}")
     last = lambda m: [r["loss"] for r in m["log_history"] if "loss" in r][-1]  # noqa: E731
     assert last(resumed) == pytest.approx(last(uninterrupted), rel=1e-6)
-    assert_same_weights(adapter_weights(stopped), adapter_weights(reference))
+    assert_same_weights(final_weights(stopped), final_weights(reference))
 
 
 def test_sigkill_while_writing_a_checkpoint_resumes_from_the_previous_complete_one(tmp_path, tiny_model,

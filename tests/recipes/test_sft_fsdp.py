@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
-from tests.conftest import REPO, logged_losses, read_metrics, run_launcher
+from tests.conftest import logged_losses, read_metrics, run_launcher
 from tests.recipes.test_sft import sft
 
 
@@ -68,26 +63,6 @@ def test_two_ranks_train_and_the_export_is_the_trained_model(tmp_path, tiny_mode
     assert (out / "loss.png").stat().st_size > 0 and "packing: true" in (out / "resolved_config.yaml").read_text()
 
 
-def test_rerun_resumes_exactly_where_the_checkpoint_left_off(tmp_path, tiny_model, small_hotel):
-    # 16 packed blocks, 4 per step on 2 ranks: 4 steps per epoch, so step 3 stops mid-epoch.
-    same = ("lr_scheduler_type=constant", "warmup_ratio=0.0", "save_steps=3")
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    fsdp(straight, tiny_model, small_hotel, "max_steps=6", *same)
-    fsdp(resumed, tiny_model, small_hotel, "max_steps=3", *same)
-    state = json.loads((resumed / "checkpoint-3" / "trainer_state.json").read_text())
-    assert (state["step"], state["epoch"], state["position"]) == (3, 0, 12)
-
-    fsdp(resumed, tiny_model, small_hotel, "max_steps=6", *same)
-    metrics = read_metrics(resumed)
-    assert metrics["resumed_from"] == str(resumed / "checkpoint-3") and metrics["global_step"] == 6
-    steps = [row["step"] for row in metrics["log_history"] if "loss" in row]
-    assert steps == [1, 2, 3, 4, 5, 6]  # 1-3 from the checkpoint's history, 4-6 trained after the restart
-    # Same weights, optimizer state, data position (across the epoch boundary) and RNG: same losses.
-    expected = logged_losses(read_metrics(straight))
-    assert logged_losses(metrics)[3:] == pytest.approx(expected[3:], rel=1e-6)
-    assert metrics["eval_loss_after"] == pytest.approx(read_metrics(straight)["eval_loss_after"], rel=1e-6)
-
-
 def test_checkpoint_of_two_ranks_resumes_in_one_process(tmp_path, tiny_model, small_hotel):
     out = tmp_path / "reshard"
     options = ("bf16=true", "gradient_checkpointing=true", "save_steps=2")
@@ -107,28 +82,7 @@ def test_checkpoint_of_two_ranks_resumes_in_one_process(tmp_path, tiny_model, sm
     assert sorted(p.name for p in (out / "checkpoint-6").glob("*.distcp")) == ["__0_0.distcp"]
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path, tiny_model, small_hotel):
-    out = tmp_path / "stop"
-    args = ["run", "recipes/sft-fsdp", "--nproc", "2"]
-    for item in (f"model_name={tiny_model}", f"dataset_name={small_hotel['train']}", "eval_split=null",
-                 f"output_dir={out}", "max_steps=500", "save_steps=1000", "logging_steps=1", "bf16=false"):
-        args += ["--set", item]
-    proc = subprocess.Popen([sys.executable, "-u", "-m", "launcher.cli", *args], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    lines, deadline = [], time.time() + 300
-    for line in proc.stdout:
-        lines.append(line)
-        if "step 2/500" in line or time.time() > deadline:
-            break
-    proc.send_signal(signal.SIGTERM)
-    rest, _ = proc.communicate(timeout=300)
-    output = "".join(lines) + rest
-    assert proc.returncode == 143, output[-3000:]
-    saved = [p for p in out.glob("checkpoint-*") if (p / "COMPLETE").is_file()]
-    assert len(saved) == 1, output[-3000:]
-    step = json.loads((saved[0] / "trainer_state.json").read_text())["step"]
-    assert 2 <= step < 500 and saved[0].name == f"checkpoint-{step}"
-    assert not (out / "model").exists() and "stopped: checkpoint saved at step" in output
+# SIGTERM → checkpoint → exit 143 → exact resume: tests/recipes/test_fault_tolerance.py (2 processes).
 
 
 def test_bad_config_is_refused_before_anything_loads():

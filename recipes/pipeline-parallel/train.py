@@ -1,0 +1,419 @@
+"""Pipeline-parallel full fine-tuning: the decoder split into contiguous stages, one per rank.
+
+    launcher run recipes/pipeline-parallel --nproc 2                    # 2 stages, gloo on CPU
+    launcher run recipes/pipeline-parallel --nproc 2 --set schedule=gpipe
+    launcher run recipes/pipeline-parallel                              # 1 stage: the single-process reference
+    torchrun --nproc_per_node 4 recipes/pipeline-parallel/train.py --config recipes/pipeline-parallel/config.yaml
+
+Rank r holds one contiguous slice of the decoder layers; the first stage also holds the token
+embeddings, the last the final norm, the LM head and the loss. Every batch is cut into
+`n_microbatches` microbatches that flow through torch.distributed.pipelining's GPipe or 1F1B
+schedule, inside this file's own loop: AdamW per stage, global-norm clipping, atomic per-stage
+checkpoints. At the end the stages are gathered into one ordinary HF checkpoint in model/.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from recipekit import checkpoint, distributed, entry, hf, models, outputs, sft_data
+from recipekit.config import option
+from recipekit.errors import Preempted, UsageError
+from recipekit.schema import ModelOptions, TrainingOptions
+from recipekit.sft_data import IGNORE_INDEX, SFTDataOptions
+
+log = logging.getLogger("recipes.pipeline-parallel")
+RECIPE = "pipeline-parallel"
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3")  # decoders whose forward is embed → layers → norm → lm_head
+
+
+@dataclass
+class Config(SFTDataOptions, TrainingOptions, ModelOptions):
+    schedule: Literal["gpipe", "1f1b"] = option("1f1b", help="pipeline schedule: gpipe (all forwards, then all "
+                                                "backwards) or 1f1b (interleaved; fewer live activations)")
+    n_microbatches: int = option(4, help="microbatches each batch is cut into; batch_size must divide by it",
+                                 min=1, max=65536)
+    layers_per_stage: Optional[list[int]] = option(None, help="decoder layers on each stage, e.g. [18, 12]; "
+                                                   "null = balance the stages' compute (the LM head included)")
+    batch_size: int = option(8, help="rows per optimizer step (per pipeline, not per rank), cut into n_microbatches",
+                             min=1, max=65536)
+    packing: bool = option(False, help="must stay false: every microbatch is padded to seq_length (static shapes)")
+
+    def check(self) -> list[str]:
+        problems = self.check_model() + self.check_training() + self.check_data()
+        if self.batch_size % self.n_microbatches:
+            problems.append(f"n_microbatches: batch_size {self.batch_size} is not divisible by "
+                            f"n_microbatches {self.n_microbatches}")
+        if self.packing:
+            problems.append("packing: not supported here (microbatches are padded to seq_length); set packing: false")
+        if self.load_in_4bit or self.load_in_8bit:
+            problems.append("load_in_4bit: quantized weights cannot be fully fine-tuned; set load_in_4bit and "
+                            "load_in_8bit to false")
+        if self.fp16:
+            problems.append("fp16: not supported here (no loss scaling); use bf16: true or full precision")
+        if self.layers_per_stage is not None and not all(n >= 1 for n in self.layers_per_stage):
+            problems.append(f"layers_per_stage: every stage needs at least 1 layer, got {self.layers_per_stage}")
+        return problems
+
+
+def main(cfg: Config, check_only: bool) -> None:
+    # Validate: config, data and the pipeline's shape, before any model weights are loaded.
+    hf.setup_logging()
+    token = hf.hub_token(cfg)
+    splits = sft_data.load(cfg, token)
+    hf.check_hub_reachable(cfg, token)
+    world = distributed.world_size()
+    if cfg.schedule == "1f1b" and cfg.n_microbatches < world:
+        raise UsageError(f"n_microbatches: the 1f1b schedule needs at least one microbatch per stage "
+                         f"({world}), got {cfg.n_microbatches}")
+    if cfg.layers_per_stage is not None and len(cfg.layers_per_stage) != world:
+        raise UsageError(f"layers_per_stage: {len(cfg.layers_per_stage)} entries for {world} stages (one per rank)")
+    model_path = models.resolve(cfg.model_name)
+    num_layers = check_model_shape(cfg, model_path, token, world)
+    if check_only:
+        return
+    train(cfg, splits, model_path, token, num_layers)
+
+
+def check_model_shape(cfg: Config, model_path: str, token: str | None, world: int) -> int:
+    """The model family and layer count, read from its config.json alone; returns the layer count."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path, token=token, trust_remote_code=cfg.trust_remote_code)
+    if config.model_type not in FAMILIES:
+        raise UsageError(f"model_name: {cfg.model_name} is a {config.model_type!r} model; this recipe splits "
+                         f"{', '.join(FAMILIES)} decoders")
+    layers = config.num_hidden_layers
+    if world > layers:
+        raise UsageError(f"model_name: {cfg.model_name} has {layers} decoder layers, fewer than the {world} "
+                         "pipeline stages (world size); run with fewer processes")
+    if cfg.layers_per_stage is not None and sum(cfg.layers_per_stage) != layers:
+        raise UsageError(f"layers_per_stage: adds up to {sum(cfg.layers_per_stage)}, the model has {layers} layers")
+    if world > 1 and config.tie_word_embeddings and (cfg.layer_lr_decay != 1.0 or cfg.lr_multipliers):
+        raise UsageError("layer_lr_decay: per-parameter learning rates (layer_lr_decay, lr_multipliers) are not "
+                         "supported when tied embeddings are split over several stages")
+    return layers
+
+
+def split_layers(num_layers: int, stages: int, head_cost: float) -> list[int]:
+    """Contiguous layer counts per stage that minimise the slowest stage; the last also runs the LM head."""
+    @functools.cache
+    def solve(start: int, left: int) -> tuple[float, tuple[int, ...]]:
+        if left == 1:
+            return num_layers - start + head_cost, (num_layers - start,)
+        options = []
+        for take in range(1, num_layers - start - left + 2):
+            cost, rest = solve(start + take, left - 1)
+            options.append((max(float(take), cost), (take, *rest)))
+        return min(options)
+
+    return list(solve(0, stages)[1])
+
+
+def layer_types(config) -> list[str]:
+    kinds = getattr(config, "layer_types", None)
+    if kinds:
+        return list(kinds)
+    sliding = getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
+    return ["sliding_attention" if sliding else "full_attention"] * config.num_hidden_layers
+
+
+class Stage(torch.nn.Module):
+    """Layers [lo, hi) of a causal LM (plus embeddings / norm + LM head at the ends), named as in the full model."""
+
+    def __init__(self, lm, lo: int, hi: int, first: bool, last: bool, autocast_dtype=None):
+        super().__init__()
+        self.config, self.first, self.last, self.autocast_dtype = lm.config, first, last, autocast_dtype
+        self.model = torch.nn.Module()
+        if first:
+            self.model.embed_tokens = lm.model.embed_tokens
+        self.model.layers = torch.nn.ModuleDict({str(i): lm.model.layers[i] for i in range(lo, hi)})
+        self.model.rotary_emb = lm.model.rotary_emb  # each stage computes its own position embeddings
+        if last:
+            self.model.norm, self.lm_head = lm.model.norm, lm.lm_head
+        self.kinds = layer_types(lm.config)[lo:hi]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+        make = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
+        with torch.autocast(x.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            h = self.model.embed_tokens(x) if self.first else x
+            positions = torch.arange(h.shape[1], device=h.device).unsqueeze(0)
+            # Right padding only: causal attention alone keeps real tokens from seeing the pads after them.
+            masks = {kind: make[kind](config=self.config, inputs_embeds=h, attention_mask=None,
+                                      past_key_values=None, position_ids=positions) for kind in set(self.kinds)}
+            rope = self.model.rotary_emb(h, position_ids=positions)
+            for kind, layer in zip(self.kinds, self.model.layers.values()):
+                h = layer(h, attention_mask=masks[kind], position_embeddings=rope, position_ids=positions)
+            return self.lm_head(self.model.norm(h)) if self.last else h
+
+
+class TokenMeanLoss:
+    """Cross entropy summed over a microbatch's label tokens, divided by the label tokens of the whole step,
+    so the microbatch losses add up to the step's token mean (the schedule runs with scale_grads=False)."""
+
+    def __init__(self):
+        self.denominator = 1.0
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        total = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                ignore_index=IGNORE_INDEX, reduction="sum")
+        return total / self.denominator
+
+
+def label_tokens(labels: torch.Tensor) -> int:
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def stream_indices(num_rows: int, seed: int, start: int, count: int) -> list[int]:
+    """Rows ``start .. start+count`` of the training stream: epoch after epoch, each shuffled with seed + epoch."""
+    orders = {epoch: torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+              for epoch in range(start // num_rows, (start + count - 1) // num_rows + 1)}
+    return [orders[position // num_rows][position % num_rows] for position in range(start, start + count)]
+
+
+def make_optimizer(stage: Stage, cfg: Config) -> torch.optim.Optimizer:
+    groups = hf.param_groups(stage, cfg)  # layer-wise LR decay / multipliers, by the full model's names
+    if groups is None:
+        decay, plain = [], []
+        for name, param in stage.named_parameters():
+            no_decay = param.ndim < 2 or "norm" in name.lower() or name.endswith(".bias")
+            (plain if no_decay else decay).append(param)
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate)
+
+
+def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | None, num_layers: int) -> None:
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+    from transformers import get_scheduler
+
+    # Build: process group, data, this rank's stage, its optimizer and the schedule.
+    stopper = checkpoint.StopOnSignal()
+    device = distributed.init_group()  # one process: a group of one, so the very same code path runs
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(cfg.seed)
+    tokenizer = hf.load_tokenizer(model_path, cfg, token)
+    with distributed.main_first():
+        train_rows = sft_data.tokenize(splits.train, tokenizer, cfg, splits.kind)
+        eval_rows = sft_data.tokenize(splits.eval, tokenizer, cfg, splits.kind) if splits.eval is not None else None
+    collate = functools.partial(sft_data.collate, pad_id=tokenizer.pad_token_id, length=cfg.seq_length)
+
+    lm = hf.load_causal_lm(model_path, cfg, cfg, token)
+    resume_from = checkpoint.latest_complete(cfg.output_dir) if cfg.resume else None
+    metrics: dict = {"recipe": RECIPE, "resumed_from": str(resume_from) if resume_from else None,
+                     "world_size": world, "device": str(device), "schedule": cfg.schedule,
+                     "n_microbatches": cfg.n_microbatches}
+    if resume_from is None:  # rank 0 answers the held-out questions with the whole model (the others wait)
+        metrics["hit_rate_before"] = hit_rate(lm, tokenizer, splits, cfg, device)
+    distributed.barrier()
+    if cfg.gradient_checkpointing:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=cfg.gradient_checkpointing_kwargs)
+    tied = lm.lm_head.weight is lm.model.embed_tokens.weight
+    layer_params = sum(p.numel() for p in lm.model.layers[0].parameters())
+    counts = cfg.layers_per_stage or split_layers(num_layers, world, lm.lm_head.weight.numel() / layer_params)
+    metrics["layers_per_stage"] = counts
+    bounds = [sum(counts[:i]) for i in range(world + 1)]
+    first, last = rank == 0, rank == world - 1
+    autocast = torch.bfloat16 if cfg.bf16 else None
+    stage = Stage(lm, bounds[rank], bounds[rank + 1], first, last, autocast).to(device).train()
+    log.info("stages (decoder layers per rank): %s; rank %d holds layers %d-%d", counts, rank,
+             bounds[rank], bounds[rank + 1] - 1)
+    full_model = lm if distributed.is_main() else None  # rank 0 reassembles the trained model into it
+    del lm
+
+    loss_fn = TokenMeanLoss()
+    pipe = PipelineStage(stage, rank, world, device)
+    schedule_cls = ScheduleGPipe if cfg.schedule == "gpipe" else Schedule1F1B
+    schedule = schedule_cls(pipe, cfg.n_microbatches, loss_fn=loss_fn, scale_grads=False)
+    # The tied embedding / LM head lives on the first and the last stage: their gradients are summed.
+    tie_group = dist.new_group([0, world - 1]) if tied and world > 1 else None
+    owned = [p for name, p in stage.named_parameters() if not (tied and not first and name == "lm_head.weight")]
+    optimizer = make_optimizer(stage, cfg)
+    step_rows = cfg.batch_size * cfg.gradient_accumulation_steps
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(
+        cfg.num_train_epochs * len(train_rows) / step_rows)
+    scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=math.ceil(
+        cfg.warmup_ratio * total_steps), num_training_steps=total_steps)
+
+    def run_batch(batch: dict, losses: list, backward: bool) -> None:
+        args = (batch["input_ids"].to(device),) if first else ()
+        target = batch["labels"].to(device) if last else None
+        run = schedule.step if backward else schedule.eval
+        kwargs = {"return_outputs": False} if backward else {}
+        run(*args, target=target, losses=losses if last else None, **kwargs)
+
+    def evaluate() -> float | None:
+        if eval_rows is None:
+            return None
+        loss_fn.denominator = 1.0
+        total, tokens = torch.zeros((), dtype=torch.float64), 0
+        filler = {"input_ids": [tokenizer.pad_token_id], "labels": [IGNORE_INDEX]}  # fills the last batch
+        with torch.no_grad():
+            for start in range(0, len(eval_rows), cfg.batch_size):
+                rows = eval_rows.select(range(start, min(start + cfg.batch_size, len(eval_rows)))).to_list()
+                batch = collate(rows + [filler] * (cfg.batch_size - len(rows)))
+                losses: list = []
+                run_batch(batch, losses, backward=False)
+                total += sum(float(x.detach()) for x in losses)
+                tokens += label_tokens(batch["labels"])
+        return from_last_stage(float(total)) / max(tokens, 1)
+
+    def from_last_stage(value: float) -> float:
+        buffer = torch.tensor([value if last else 0.0], dtype=torch.float64, device=device)
+        dist.all_reduce(buffer)
+        return float(buffer)
+
+    # Train, resuming from the newest complete checkpoint.
+    state = {"global_step": 0, "samples_seen": 0, "log_history": []}
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, stage, optimizer, scheduler, rank, counts)
+    elif (before := evaluate()) is not None:
+        metrics["eval_loss_before"] = before
+        state["log_history"].append({"step": 0, "eval_loss": before})
+    history, step, run_losses, started = state["log_history"], state["global_step"], [], time.time()
+    while step < total_steps:
+        indices = stream_indices(len(train_rows), cfg.seed, state["samples_seen"], step_rows)
+        batch = collate(train_rows.select(indices).to_list())
+        loss_fn.denominator = max(label_tokens(batch["labels"]), 1)
+        losses: list = []
+        for part in range(cfg.gradient_accumulation_steps):
+            rows, part_losses = slice(part * cfg.batch_size, (part + 1) * cfg.batch_size), []
+            run_batch({k: v[rows] for k, v in batch.items()}, part_losses, backward=True)
+            losses += part_losses  # the schedule refills the list it is given on every call
+        if tie_group is not None:
+            dist.all_reduce((stage.model.embed_tokens if first else stage.lm_head).weight.grad, group=tie_group)
+        grad_norm = clip_global_grad_norm(owned, list(stage.parameters()), cfg.max_grad_norm, device)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step, state["samples_seen"] = step + 1, state["samples_seen"] + step_rows
+        loss = from_last_stage(float(sum(float(x.detach()) for x in losses)))
+        run_losses.append(loss)
+        if step == 1 or step % cfg.logging_steps == 0 or step == total_steps:
+            history.append({"step": step, "epoch": state["samples_seen"] / len(train_rows), "loss": loss,
+                            "grad_norm": grad_norm, "learning_rate": lr})
+            log.info("step %d/%d  loss %.4f  grad_norm %.3f  lr %.2e", step, total_steps, loss, grad_norm, lr)
+        state["global_step"] = step
+        saved = step % cfg.save_steps == 0
+        if saved:
+            save_checkpoint(cfg, state, stage, optimizer, scheduler, rank, counts)
+        if stopper.agreed():
+            if not saved:
+                save_checkpoint(cfg, state, stage, optimizer, scheduler, rank, counts)
+            raise Preempted(f"checkpoint saved at step {step}")
+
+    # Evaluate and save: the stages are gathered into one HF checkpoint on rank 0.
+    runtime = time.time() - started
+    first_logged = next((row["loss"] for row in history if row.get("step") == 1 and "loss" in row), None)
+    metrics.update(global_step=step, train_runtime_s=runtime, first_step_loss=first_logged,
+                   train_loss=sum(run_losses) / len(run_losses) if run_losses else None)
+    after = evaluate()
+    if after is not None:
+        metrics["eval_loss_after"] = after
+        history.append({"step": step, "eval_loss": after})
+    final = Path(cfg.output_dir) / hf.FINAL_DIR
+    gathered = [None] * world if distributed.is_main() else None
+    dist.gather_object({k: v.detach().cpu() for k, v in stage.state_dict().items()}, gathered, dst=0)
+    if distributed.is_main():
+        full_model.to("cpu")
+        for part in gathered:
+            result = full_model.load_state_dict(part, strict=False)
+            if result.unexpected_keys:
+                raise RuntimeError(f"stage parameters not in the model: {result.unexpected_keys[:3]}")
+        absent = set(full_model.state_dict()) - set().union(*gathered) - ({"lm_head.weight"} if tied else set())
+        if absent:
+            raise RuntimeError(f"no stage holds {sorted(absent)[:3]}")
+        full_model.save_pretrained(final)
+        tokenizer.save_pretrained(final)
+        metrics["hit_rate_after"] = hit_rate(full_model, tokenizer, splits, cfg, device)
+        metrics.update(model=str(final), log_history=history)
+        outputs.write_metrics(metrics, cfg.output_dir)
+        outputs.save_resolved_config(cfg, cfg.output_dir, RECIPE)
+        outputs.plot_loss(history, cfg.output_dir, f"{RECIPE}: {cfg.model_name}, {world} stages")
+        sft_data.print_summary(metrics, cfg.output_dir)
+        print(f"first-step loss {first_logged}; {step} steps in {runtime:.0f} s on {world} stage(s)")
+        if cfg.push_to_hub:
+            full_model.push_to_hub(cfg.hub_model_id, token=token)
+            tokenizer.push_to_hub(cfg.hub_model_id, token=token)
+    distributed.barrier()
+    distributed.shutdown()
+
+
+def hit_rate(lm, tokenizer, splits: sft_data.SFTData, cfg: Config, device) -> float | None:
+    """Held-out answer hit rate of the whole model, on rank 0 (None elsewhere); the model is left on the CPU."""
+    if not splits.hit_rows or not distributed.is_main():
+        return None
+    rate = sft_data.hit_rate(lm.to(device), tokenizer, splits.hit_rows, cfg, cfg, hf.train_dtype(cfg), adapter=False)
+    lm.to("cpu").train()
+    return rate
+
+
+def clip_global_grad_norm(owned: list, params: list, max_norm: float, device) -> float:
+    """The gradient norm over every stage (an all-reduce of squared sums); scale all grads down to max_norm."""
+    squares = torch.zeros((), dtype=torch.float64, device=device)
+    for p in owned:
+        if p.grad is not None:
+            squares += p.grad.detach().double().pow(2).sum()
+    dist.all_reduce(squares)
+    norm = float(squares.sqrt())
+    if max_norm > 0 and norm > max_norm:
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(max_norm / (norm + 1e-6))
+    return norm
+
+
+def save_checkpoint(cfg: Config, state: dict, stage, optimizer, scheduler, rank: int, counts: list[int]) -> None:
+    """Every rank writes its stage into the staging dir; rank 0 then publishes it (atomic, see recipekit.checkpoint)."""
+    step = state["global_step"]
+    root = Path(cfg.output_dir)
+    staged = root / checkpoint.STAGING / f"checkpoint-{step}"
+    if distributed.is_main():
+        shutil.rmtree(staged, ignore_errors=True)
+        staged.mkdir(parents=True)
+    distributed.barrier()
+    torch.save({"model": stage.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": torch.get_rng_state()}, staged / f"stage-{rank}.pt")
+    if distributed.is_main():
+        meta = {**state, "layers_per_stage": counts, "world_size": len(counts)}
+        outputs.write_atomic(staged / "trainer_state.json", json.dumps(meta, indent=2) + "\n")
+    distributed.barrier()
+    if distributed.is_main():
+        checkpoint.publish(staged, root / f"checkpoint-{step}", step)
+        if not any(staged.parent.iterdir()):
+            staged.parent.rmdir()
+        checkpoint.prune(root, cfg.save_total_limit)
+        log.info("saved checkpoint-%d", step)
+    distributed.barrier()
+
+
+def load_checkpoint(path: Path, stage, optimizer, scheduler, rank: int, counts: list[int]) -> dict:
+    state = json.loads((path / "trainer_state.json").read_text())
+    if state["layers_per_stage"] != counts:
+        raise UsageError(f"resume: {path} holds stages of {state['layers_per_stage']} layers, this run splits the "
+                         f"model as {counts}; rerun with --nproc {state['world_size']} and the same "
+                         "layers_per_stage, or set resume: false / a new output_dir")
+    saved = torch.load(path / f"stage-{rank}.pt", weights_only=True)
+    stage.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["rng"])
+    return state
+
+
+if __name__ == "__main__":
+    entry.run(main, Config, "Pipeline-parallel full fine-tuning with torch.distributed.pipelining", __file__)

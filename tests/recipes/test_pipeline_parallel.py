@@ -1,0 +1,166 @@
+"""The pipeline-parallel recipe, run for real through ``launcher run`` on the tiny model (2 layers → 2 stages)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, logged_losses, read_metrics, run_launcher
+
+RECIPE = REPO / "recipes" / "pipeline-parallel" / "train.py"
+
+
+def pipeline(output_dir: Path, tiny_model: str, small_hotel: dict, *extra: str, nproc: int = 2):
+    """Run the recipe on the tiny model and a slice of the hotel data; fail with its output."""
+    overrides = [f"model_name={tiny_model}", f"dataset_name={small_hotel['train']}",
+                 f"eval_dataset_name={small_hotel['eval']}", f"output_dir={output_dir}", "max_steps=8",
+                 "learning_rate=3e-3", "batch_size=4", "n_microbatches=2", "seq_length=96", "logging_steps=1",
+                 "save_steps=4", "bf16=false", "eval_answer_field=null", *extra]
+    args = ["run", "recipes/pipeline-parallel", "--nproc", str(nproc)]
+    for item in overrides:
+        args += ["--set", item]
+    result = run_launcher(*args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return read_metrics(output_dir)
+
+
+def reference_first_step_loss(small_hotel: dict, seed: int, rows: int, seq_length: int) -> float:
+    """The first batch's loss computed by plain transformers on the whole model, independently of the pipeline."""
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from recipekit import entry, models, sft_data
+
+    recipe = entry.import_recipe(RECIPE)
+    path = models.resolve(models.TINY_MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    cfg = recipe.Config(seq_length=seq_length)
+    train = datasets.load_dataset("json", data_files=small_hotel["train"], split="train")
+    tokenized = sft_data.tokenize(train, tokenizer, cfg, "chat")
+    first = tokenized.select(recipe.stream_indices(len(tokenized), seed, 0, rows)).to_list()
+    batch = sft_data.collate(first, tokenizer.pad_token_id, length=seq_length)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    with torch.no_grad():
+        return float(model(**batch).loss)  # token mean over labels != -100, prompt tokens masked
+
+
+CONSTANT = ("lr_scheduler_type=constant", "warmup_ratio=0")  # the same LR at every step, whatever max_steps is
+
+
+def test_sigterm_resume_and_both_schedules_match_the_single_process_run(tmp_path, tiny_model, small_hotel):
+    """One story, four runs: 1f1b on 2 stages is stopped by SIGTERM (checkpoint of every stage, exit 143),
+    rerun (resumes, finishes, exports), then a single-process run of as many steps and a gpipe run must
+    produce the very same losses; the export must reproduce the pipeline's eval loss with plain transformers."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "1f1b"
+    args = ["run", "recipes/pipeline-parallel", "--nproc", "2"]
+    for item in (f"model_name={tiny_model}", f"dataset_name={small_hotel['train']}",
+                 f"eval_dataset_name={small_hotel['eval']}", "eval_answer_field=null", f"output_dir={out}",
+                 "max_steps=400", "save_steps=1000", "logging_steps=1", "bf16=false", "batch_size=4",
+                 "n_microbatches=2", "seq_length=96", "learning_rate=3e-3", *CONSTANT):
+        args += ["--set", item]
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "launcher.cli", *args], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines, deadline = [], time.time() + 300
+    for line in proc.stdout:
+        lines.append(line)
+        if "step 2/400" in line or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=300)
+    output = "".join(lines) + rest
+    assert proc.returncode == 143, output[-3000:]
+    saved = [p for p in out.glob("checkpoint-*") if (p / "COMPLETE").is_file()]
+    assert len(saved) == 1, output[-3000:]
+    stopped = json.loads((saved[0] / "trainer_state.json").read_text())["global_step"]
+    assert 2 <= stopped < 400 and saved[0].name == f"checkpoint-{stopped}"
+    assert sorted(p.name for p in saved[0].glob("stage-*.pt")) == ["stage-0.pt", "stage-1.pt"]
+    assert not (out / "model").exists() and not (out / ".staging").exists()
+    assert "stopped: checkpoint saved at step" in output
+
+    steps = stopped + 2
+    resumed = pipeline(out, tiny_model, small_hotel, f"max_steps={steps}", *CONSTANT)
+    assert resumed["resumed_from"] == str(saved[0]) and resumed["global_step"] == steps
+    assert [row["step"] for row in resumed["log_history"] if "loss" in row] == list(range(1, steps + 1))
+
+    single = pipeline(tmp_path / "one", tiny_model, small_hotel, f"max_steps={steps}", "save_steps=1000",
+                      "eval_split=null", *CONSTANT, nproc=1)
+    assert single["world_size"] == 1 and single["layers_per_stage"] == [2]
+    assert single["first_step_loss"] == pytest.approx(
+        reference_first_step_loss(small_hotel, seed=42, rows=4, seq_length=96), rel=1e-5)
+    # Gradients of the tied embedding / LM head are summed across the two stages and the clipping norm
+    # is global, so every update equals the single-process one, through the SIGTERM and the resume.
+    losses = logged_losses(single)
+    assert logged_losses(resumed) == pytest.approx(losses, rel=1e-5)
+    evals = [row["eval_loss"] for row in resumed["log_history"] if "eval_loss" in row]
+    assert len(evals) == 2 and evals[1] < evals[0]  # before (kept in the checkpoint) and after training
+
+    # gpipe: the same 4 rows a step as 2 accumulated pipeline batches of 2 rows, each cut into 2
+    # microbatches of 1 (the loss is normalised by the label tokens of the whole step).
+    gpipe = pipeline(tmp_path / "gpipe", tiny_model, small_hotel, "max_steps=3", "save_steps=1000",
+                     "eval_split=null", "schedule=gpipe", "batch_size=2", "gradient_accumulation_steps=2", *CONSTANT)
+    assert gpipe["world_size"] == 2 and gpipe["layers_per_stage"] == [1, 1] and gpipe["schedule"] == "gpipe"
+    assert logged_losses(gpipe) == pytest.approx(losses[:3], rel=1e-5)
+
+    # The gathered export is the trained model: its own forward reproduces the pipeline's eval loss.
+    assert (out / "loss.png").stat().st_size > 0 and "schedule: 1f1b" in (out / "resolved_config.yaml").read_text()
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    base = AutoModelForCausalLM.from_pretrained(tiny_path())
+    assert not torch.equal(model.model.layers[1].mlp.up_proj.weight, base.model.layers[1].mlp.up_proj.weight)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # still tied
+    assert export_eval_loss(model, tokenizer, small_hotel["eval"], 96) == pytest.approx(
+        resumed["eval_loss_after"], rel=1e-4)
+
+
+def tiny_path() -> str:
+    from recipekit import models
+
+    return models.resolve(models.TINY_MODEL)
+
+
+def export_eval_loss(model, tokenizer, eval_file: str, seq_length: int) -> float:
+    """Token-mean loss over the eval rows with plain transformers (sum over rows / label tokens)."""
+    import datasets
+    import torch
+
+    from recipekit import entry, sft_data
+
+    cfg = entry.import_recipe(RECIPE).Config(seq_length=seq_length)
+    rows = sft_data.tokenize(datasets.load_dataset("json", data_files=eval_file, split="train"), tokenizer, cfg,
+                             "chat").to_list()
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for row in rows:
+            batch = sft_data.collate([row], tokenizer.pad_token_id)
+            count = int((batch["labels"][:, 1:] != -100).sum())
+            total += float(model(**batch).loss) * count
+            tokens += count
+    return total / tokens
+
+
+def test_bad_pipeline_settings_fail_before_any_model_loads(tmp_path):
+    result = run_launcher("run", "recipes/pipeline-parallel", "--nproc", "2", "--set", "batch_size=6",
+                          "--set", "n_microbatches=4", "--set", "packing=true")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "n_microbatches: batch_size 6 is not divisible by n_microbatches 4" in result.stderr
+    assert "packing: not supported here" in result.stderr
+
+    result = run_launcher("run", "recipes/pipeline-parallel", "--set", "schedule=pipedream")
+    assert result.returncode == 2 and "schedule: expected one of 'gpipe', '1f1b'" in result.stderr
+
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=2).save_pretrained(tmp_path / "gpt2")  # a config alone: nothing to load, refused first
+    result = run_launcher("run", "recipes/pipeline-parallel", "--set", f"model_name={tmp_path / 'gpt2'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "model_name: " in result.stderr and "is a 'gpt2' model" in result.stderr
