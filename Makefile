@@ -5,13 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock requirements-dev.lock pyproject.toml | cksum | cut -d' ' -f1)
 DEMO_OUTPUT ?= outputs/demo
 
-.PHONY: help venv demo test test-gpu lock clean
+.PHONY: help venv demo test test-gpu lock clean images
 
 help:
 	@echo "make demo      fine-tune the embedded SmolLM2 on the hotel data (CPU, a few minutes)"
 	@echo "make test      run the test suite (unit tests + CPU smoke runs of the recipes)"
 	@echo "make test-gpu  run the recipe smoke tests on a CUDA GPU (bf16)"
 	@echo "make lock      re-resolve requirements.lock / requirements-dev.lock"
+	@echo "make images    build the CUDA and CPU container images (docker, podman or buildah; images/README.md)"
 
 $(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +43,10 @@ lock:
 	.lock-venv/bin/pip freeze --all --exclude-editable | grep -v "^pip==" | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' \
 	  | grep -vxFf requirements.lock > requirements-dev.lock
 	rm -rf .lock-venv
+
+# The container images; never built in CI. REGISTRY=... builds them for another registry.
+images:
+	@REGISTRY="$(REGISTRY)" images/build.sh cuda cpu
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from recipekit import models
@@ -39,10 +40,17 @@ def prepare(offload_optimizer: bool) -> None:
     from deepspeed.accelerator import get_accelerator
 
     root = extensions_dir()
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        guard = open(root / ".build.flock", "w")
+    except OSError:  # a read-only cache (e.g. inside an Apptainer .sif): build under the temp dir instead
+        root = Path(tempfile.gettempdir()) / f"ft-recipes-{os.getuid()}" / "torch_extensions" / root.name
+        log.warning("%s is not writable; building DeepSpeed ops in %s", extensions_dir(), root)
+        root.mkdir(parents=True, exist_ok=True)
+        guard = open(root / ".build.flock", "w")
     os.environ["TORCH_EXTENSIONS_DIR"] = str(root)
     wanted = ["CPUAdamBuilder" if offload_optimizer else "FusedAdamBuilder", "ShareMemCommBuilder"]
-    with open(root / ".build.flock", "w") as guard:
+    with guard:
         fcntl.flock(guard, fcntl.LOCK_EX)
         for name in wanted:
             builder = get_accelerator().create_op_builder(name)

@@ -95,7 +95,7 @@ def test_lora_on_gpu_in_bf16(tmp_path, tiny_model, small_hotel):
     assert metrics["device"].startswith("cuda") and logged_losses(metrics)[-1] < logged_losses(metrics)[0]
 
 
-def test_token_never_reaches_outputs_or_logs(tmp_path, tiny_model, small_hotel, monkeypatch):
+def test_token_never_reaches_rendered_jobs_outputs_or_logs(tmp_path, tiny_model, small_hotel, monkeypatch):
     canary = "hf_CANARY_7f3a9c1e5b"
     monkeypatch.setenv("HF_TOKEN", canary)
     out = tmp_path / "secret"
@@ -107,3 +107,9 @@ def test_token_never_reaches_outputs_or_logs(tmp_path, tiny_model, small_hotel, 
 
     refused = run_launcher("run", "recipes/sft", "--set", f"use_auth_token={canary}")
     assert refused.returncode == 2 and canary not in refused.stdout + refused.stderr
+
+    # Rendered cluster jobs carry the reference (an env var name, a Secret name), never the value.
+    for backend in (["--backend", "slurm"], ["--backend", "k8s", "--hf-token-secret", "hf-token"]):
+        rendered = run_launcher("render", "recipes/sft", *backend, "--nodes", "2", "--set", "use_auth_token=HF_TOKEN")
+        assert rendered.returncode == 0, rendered.stderr
+        assert canary not in rendered.stdout + rendered.stderr and "HF_TOKEN" in rendered.stdout

@@ -1,0 +1,487 @@
+"""Bayesian hyperparameter search (Optuna TPE) over SFT runs; any number of workers share one study.
+
+    launcher run recipes/optuna                                   # embedded model + hotel data, CPU
+    launcher run recipes/optuna & launcher run recipes/optuna     # two workers share one study
+    launcher run recipes/optuna --set storage=sqlite:///study.db  # a database instead of the journal file
+    launcher run recipes/optuna --set storage_secret=OPTUNA_DB    # a database URL (with password) in $OPTUNA_DB
+    python recipes/optuna/search.py --config recipes/optuna/config.yaml
+
+Workers run trials until the study has n_trials finished ones. Every trial is one run of
+recipes/sft (in-process): the base config with the sampled values, in <output_dir>/trial-<number>.
+Its eval loss is reported every `eval_every_steps` and the median pruner stops trials that fall
+behind; the objective is the final held-out eval loss. Trial 0 runs the base config's own values
+(baseline_trial), so "best beats default" is measured. Trials of a worker that dies are failed by
+heartbeat and retried from their newest checkpoint. Outputs:
+best_params.json, best_config.yaml (a recipes/sft config), trials.csv, optimization_history.png,
+param_importances.png, metrics.json, resolved_config.yaml.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import json
+import logging
+import os
+import signal
+import socket
+import tempfile
+import time
+import typing
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+from urllib.parse import urlsplit
+
+from recipekit import checkpoint, distributed, entry, hf, outputs, secrets, sft_data
+from recipekit import config as configlib
+from recipekit.config import option
+from recipekit.errors import Preempted, UsageError
+
+sft = entry.import_recipe(Path(__file__).resolve().parent.parent / "sft" / "train.py")
+log = logging.getLogger("recipes.optuna")
+JOURNAL = "study.journal"
+DEFAULT_SPACE = {
+    "learning_rate": {"low": 3e-4, "high": 1e-2, "log": True},
+    "peft_lora_r": {"choices": [8, 16, 32]},
+    "peft_lora_alpha": {"choices": [16, 32, 64]},
+    "peft_lora_dropout": {"low": 0.0, "high": 0.1},
+    "weight_decay": {"low": 0.0, "high": 0.1},
+    "warmup_ratio": {"low": 0.0, "high": 0.2},
+    "batch_size": {"choices": [1, 2, 4]},
+    "lr_scheduler_type": {"choices": ["cosine", "linear", "constant_with_warmup"]},
+}
+# Keys a trial may not vary: where it writes, what it is evaluated on, and anything secret or remote.
+NOT_SEARCHABLE = {"output_dir", "resume", "push_to_hub", "hub_model_id", "use_auth_token", "trust_remote_code",
+                  "dataset_name", "dataset_split", "dataset_text_field", "eval_dataset_name", "eval_split",
+                  "eval_answer_field", "eval_max_new_tokens"}
+
+
+@dataclass
+class Config(sft.Config):
+    n_trials: int = option(5, help="finished (complete or pruned) trials the study aims at; every worker runs "
+                           "trials until the study has them, and at most this many itself", min=1, max=10**6)
+    study_name: str = option("sft-search", help="the study; workers with the same name and storage share it")
+    storage: Optional[str] = option(None, help="null = journal file <output_dir>/study.journal; a file path = a "
+                                    "journal file there; an SQLAlchemy URL (sqlite:///study.db, postgresql://...)")
+    storage_secret: Optional[str] = option(None, help="env var name or file path holding the storage URL "
+                                           "(for URLs with a password; never put one in storage)")
+    search_space: dict[str, Any] = option(default_factory=lambda: copy.deepcopy(DEFAULT_SPACE),
+                                          help="sft key -> {low, high[, log]} or {choices: [...]}")
+    sampler_seed: int = option(0, help="TPE seed; trial N samples with a seed derived from (this, N)", min=0,
+                               max=2**32 - 1)
+    tpe_n_startup_trials: int = option(3, help="random trials before TPE takes over (the baseline counts)",
+                                       min=0, max=10**6)
+    baseline_trial: bool = option(True, help="enqueue the base config's own values as the first trial")
+    eval_every_steps: int = option(12, help="evaluate every N steps; the eval loss goes to the pruner", min=1,
+                                   max=10**9)
+    prune: bool = option(True, help="stop trials whose intermediate eval loss is worse than the median")
+    pruner_n_startup_trials: int = option(2, help="finished trials before any pruning", min=0, max=10**6)
+    pruner_n_warmup_steps: int = option(0, help="steps of a trial before it may be pruned", min=0, max=10**9)
+    heartbeat_interval: int = option(60, help="seconds between a running trial's heartbeats", min=1, max=86400)
+    grace_period: Optional[int] = option(None, help="seconds without heartbeat before a trial is failed and "
+                                         "retried; null = 2 x heartbeat_interval", min=1, max=10**6)
+    max_retries: Optional[int] = option(3, help="retries of a trial whose worker died; null = unlimited", min=0,
+                                        max=1000)
+
+    def check(self) -> list[str]:
+        problems = super().check()
+        if self.storage is not None and self.storage_secret is not None:
+            problems.append("storage: give storage or storage_secret, not both")
+        if self.storage is not None and not self.storage.strip():
+            problems.append("storage: must not be empty; null = journal file in output_dir")
+        elif self.storage is not None and has_password(self.storage):
+            problems.append("storage: the URL holds a password; put the URL in an env var or file and set "
+                            "storage_secret to its name instead")
+        problems += secrets.check_reference("storage_secret", self.storage_secret)
+        if self.grace_period is not None and self.grace_period <= self.heartbeat_interval:
+            problems.append(f"grace_period: must be longer than heartbeat_interval ({self.heartbeat_interval} s)")
+        return problems + parse_space(self)[1]
+
+
+def base_values(cfg: Config) -> dict[str, Any]:
+    """The sft keys of this config: the run every trial starts from."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(sft.Config)}
+
+
+def sft_config(values: dict[str, Any]):
+    return configlib.build(sft.Config, values)
+
+
+def parse_space(cfg: Config) -> tuple[dict[str, tuple], list[str]]:
+    """search_space -> {name: ("choices", [...]) | ("range", low, high, log, is_int)}, and one line per problem."""
+    if not cfg.search_space:
+        return {}, ["search_space: declare at least one sft key to search"]
+    base, hints = base_values(cfg), typing.get_type_hints(sft.Config)
+    context = {} if sft.Config.check(cfg) else base  # each value is checked inside a valid sft config
+
+    def value(name: str, raw: Any) -> tuple[Any, list[str]]:
+        """The value as the sft config reads it (type, bounds, cross-checks), or its problems."""
+        try:
+            return getattr(sft_config({**context, name: raw}), name), []
+        except configlib.ConfigError as exc:
+            return None, [f"search_space.{p}" for p in exc.problems]
+
+    space, problems = {}, []
+    for name, spec in cfg.search_space.items():
+        key, found = f"search_space.{name}", []
+        kinds = [a for a in typing.get_args(hints.get(name)) or (hints.get(name),) if a is not type(None)]
+        if name in NOT_SEARCHABLE:
+            found.append(f"{key}: not searchable (the same in every trial)")
+        elif name not in hints:
+            close = difflib.get_close_matches(name, [n for n in hints if n not in NOT_SEARCHABLE], n=3, cutoff=0.6)
+            found.append(f"{key}: unknown sft key" + (f"; did you mean {', '.join(close)}?" if close else ""))
+        elif not isinstance(spec, dict) or set(spec) not in ({"choices"}, {"low", "high"}, {"low", "high", "log"}):
+            found.append(f"{key}: expected {{low: L, high: H}} (optionally log: true) or {{choices: [...]}}, "
+                         f"got {str(spec)[:60]}")
+        elif "choices" in spec and not (isinstance(spec["choices"], list) and spec["choices"] and all(
+                isinstance(c, (str, int, float, type(None))) for c in spec["choices"])):
+            found.append(f"{key}: choices must be a non-empty list of numbers, strings, booleans or nulls")
+        elif "choices" in spec:
+            checked = [value(name, item) for item in spec["choices"]]
+            choices, found = [c for c, _ in checked], [p for _, bad in checked for p in bad]
+            if not found and len(set(map(repr, choices))) < len(choices):
+                found.append(f"{key}: choices must be distinct")
+            elif not found and cfg.baseline_trial and base[name] not in choices:
+                found.append(f"{key}: choices must include the base value {base[name]!r} (baseline_trial runs it)")
+            space[name] = ("choices", choices)
+        elif kinds not in ([int], [float]):
+            found.append(f"{key}: low/high needs a numeric key; use choices for {name}")
+        else:
+            (low, bad_low), (high, bad_high) = value(name, spec["low"]), value(name, spec["high"])
+            found, log_scale = bad_low + bad_high, spec.get("log", False)
+            if not isinstance(log_scale, bool):
+                found.append(f"{key}: log must be true or false")
+            elif not found and not low < high:
+                found.append(f"{key}: low must be below high, got low={low}, high={high}")
+            elif not found and log_scale and low <= 0:
+                found.append(f"{key}: a log range needs low > 0, got {low}")
+            elif not found and cfg.baseline_trial and not low <= base[name] <= high:
+                found.append(f"{key}: range [{low}, {high}] must contain the base value {base[name]} "
+                             "(baseline_trial runs it)")
+            space[name] = ("range", low, high, log_scale, kinds == [int])
+        problems += list(dict.fromkeys(found))
+    return space, problems
+
+
+def has_password(url: str) -> bool:
+    try:
+        return "://" in url and urlsplit(url).password is not None
+    except ValueError:
+        return False
+
+
+def storage_location(cfg: Config) -> tuple[str, str]:
+    """(the journal path or database URL, how outputs and logs may name it): a URL read from
+    storage_secret is never shown."""
+    if cfg.storage_secret is None:
+        location = cfg.storage or str(Path(cfg.output_dir) / JOURNAL)
+        return location, location
+    return secrets.read_secret("storage_secret", cfg.storage_secret), f"the URL in storage_secret {cfg.storage_secret}"
+
+
+def open_storage(cfg: Config, url: str, shown: str):
+    """The study's storage with heartbeats on: a journal file (default) or an SQLAlchemy database."""
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.storages.journal import JournalFileBackend
+
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retries, inherit_intermediate_values=True)
+    try:
+        if "://" not in url:
+            path = Path(url).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return heartbeat_journal(JournalFileBackend(str(path)), cfg.heartbeat_interval, cfg.grace_period, retry)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=cfg.heartbeat_interval,
+                                          grace_period=cfg.grace_period, heartbeat_stale_trial_callback=retry)
+    except Exception as exc:  # noqa: BLE001 - any driver, network or file error; its text may hold the URL
+        raise UsageError(f"storage: cannot open {shown} ({type(exc).__name__})") from None
+
+
+def heartbeat_journal(backend, interval: int, grace: int | None, callback):
+    """A JournalStorage with heartbeats. Optuna 5.0 implements heartbeats only for RDBStorage; this adds them
+    to the journal (a `heartbeat` timestamp in each running trial's system attrs), so study.optimize
+    fails stale trials and calls the retry callback the same way for both storages."""
+    from optuna.storages import JournalStorage
+    from optuna.storages._heartbeat import BaseHeartbeat
+    from optuna.trial import TrialState
+
+    class Journal(JournalStorage, BaseHeartbeat):
+        def __init__(self, backend, interval: int, grace: int | None, callback):
+            super().__init__(backend)
+            self.interval, self.grace, self.callback = interval, grace or 2 * interval, callback
+
+        def record_heartbeat(self, trial_id: int) -> None:
+            self.set_trial_system_attr(trial_id, "heartbeat", time.time())
+
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            now, stale = time.time(), []
+            for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+                beat = trial.system_attrs.get("heartbeat")  # none yet: the worker died right after starting it
+                beat = beat if beat is not None else trial.datetime_start.timestamp()
+                if now - beat > self.grace:
+                    stale.append(trial._trial_id)
+            return stale
+
+        def get_heartbeat_interval(self) -> int:
+            return self.interval
+
+        def get_heartbeat_stale_trial_callback(self):
+            return self.callback
+
+    return Journal(backend, interval, grace, callback)
+
+
+def signalled() -> bool:
+    """Whether SIGTERM/SIGUSR1 arrived: every sft.train installs a fresh StopOnSignal, so ask the current one."""
+    owner = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    return getattr(owner, "received", None) is not None
+
+
+def report_and_prune(trial, every: int):
+    """Evaluate every `every` steps, report the eval loss to the trial and stop it if the pruner says so."""
+    import optuna
+    from transformers import TrainerCallback
+
+    class ReportAndPrune(TrainerCallback):
+        pending = False
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step % every == 0 and state.global_step < state.max_steps:
+                control.should_evaluate = self.pending = True
+            return control
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if not self.pending or not metrics or "eval_loss" not in metrics:
+                return  # the evaluations sft.train runs itself, before and after training
+            self.pending = False
+            trial.report(metrics["eval_loss"], state.global_step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"eval loss {metrics['eval_loss']:.4f} at step {state.global_step} "
+                                         "is worse than the median of earlier trials")
+
+    return ReportAndPrune()
+
+
+def suggest(trial, name: str, spec: tuple) -> Any:
+    if spec[0] == "choices":
+        return trial.suggest_categorical(name, spec[1])
+    suggest_number = trial.suggest_int if spec[4] else trial.suggest_float
+    return suggest_number(name, spec[1], spec[2], log=spec[3])
+
+
+def frozen(study, number: int):
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+
+
+def trial_output(cfg: Config, trial) -> tuple[Path, bool]:
+    """trial-<number>, and whether it resumes: a retried trial takes over the newest complete checkpoint
+    its failed attempt left (the attempt's worker is dead, so nothing else touches it)."""
+    out = Path(cfg.output_dir) / f"trial-{trial.number}"
+    history = frozen(trial.study, trial.number).system_attrs.get("retry_history") or []
+    previous = checkpoint.latest_complete(Path(cfg.output_dir) / f"trial-{history[-1]}") if history else None
+    if previous is None or not cfg.resume:
+        return out, False
+    out.mkdir(parents=True, exist_ok=True)
+    previous.rename(out / previous.name)
+    log.warning("trial %d retries trial %d from its %s", trial.number, history[-1], previous.name)
+    return out, True
+
+
+def make_objective(cfg: Config, space: dict, splits, token, worker: str, current: dict):
+    import numpy as np
+    import optuna
+
+    base = base_values(cfg)
+    quiet_splits = dataclasses.replace(splits, hit_rows=[])  # no answer generation inside trials
+
+    def objective(trial) -> float:
+        current["trial"] = trial.number
+        seed = int(np.random.SeedSequence([cfg.sampler_seed, trial.number]).generate_state(1)[0])
+        trial.study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.tpe_n_startup_trials)
+        params = {name: suggest(trial, name, spec) for name, spec in space.items()}
+        trial.set_user_attr("worker", worker)
+        if signalled():
+            raise Preempted(f"stopped before trial {trial.number} started")
+        out, resumed = trial_output(cfg, trial)
+        run_cfg = sft_config({**base, **params, "output_dir": str(out), "eval_answer_field": None,
+                              "merge_adapter": False, "push_to_hub": False, "resume": resumed})
+        log.info("trial %d: %s", trial.number, json.dumps(params))
+        metrics = sft.train(run_cfg, quiet_splits, token, recipe="sft",
+                            callbacks=(report_and_prune(trial, cfg.eval_every_steps),))
+        loss = metrics["eval_loss_after"]
+        trial.report(loss, metrics["global_step"])
+        if metrics.get("eval_loss_before") is not None:
+            trial.set_user_attr("eval_loss_before", metrics["eval_loss_before"])
+        trial.set_user_attr("train_runtime_s", metrics.get("train_runtime_s"))
+        return loss
+
+    return objective
+
+
+def write_outputs(study, cfg: Config, shown: str, worker: str, mine: list[int], started_with: int,
+                  elapsed_s: float) -> dict:
+    """Summaries of the whole study (every worker's trials), written atomically: the last worker's win."""
+    from optuna.trial import TrialState
+
+    out = Path(cfg.output_dir)
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = min(done, key=lambda t: t.value) if done else None
+    baseline = next((t for t in done if t.user_attrs.get("baseline")), None)
+    metrics: dict[str, Any] = {
+        "recipe": "optuna", "study_name": cfg.study_name, "storage": shown, "world_size": 1,
+        "worker": worker, "worker_trials": mine, "worker_wall_time_s": round(elapsed_s, 1),
+        "resumed_from": f"study {cfg.study_name} with {started_with} finished trials" if started_with else None,
+        "trial_states": {s.name: sum(t.state == s for t in trials) for s in TrialState if
+                         any(t.state == s for t in trials)},
+        "baseline_trial": baseline.number if baseline else None,
+        "baseline_eval_loss": baseline.value if baseline else None,
+        "best_trial": best.number if best else None, "best_eval_loss": best.value if best else None,
+        "best_params": best.params if best else None,
+        "trials": [{"number": t.number, "state": t.state.name, "eval_loss": t.value, "params": t.params,
+                    "intermediate_eval_loss": {str(k): v for k, v in sorted(t.intermediate_values.items())},
+                    "worker": t.user_attrs.get("worker"),
+                    "retry_of": (t.system_attrs.get("retry_history") or [None])[-1],  # the attempt before
+                    "duration_s": t.duration.total_seconds() if t.duration else None} for t in trials],
+    }
+    if best and baseline:
+        metrics["improvement_over_baseline"] = baseline.value - best.value
+    if best is not None:
+        outputs.write_atomic(out / "best_params.json", json.dumps(best.params, indent=2, sort_keys=True) + "\n")
+        best_cfg = sft_config({**base_values(cfg), **best.params, "output_dir": str(out / "best")})
+        versus = f"; baseline trial {baseline.number}: {baseline.value:.4f}" if baseline else ""
+        header = (f"# Best of study {cfg.study_name}: trial {best.number}, eval loss {best.value:.4f}{versus}.\n"
+                  f"# Train it: launcher run recipes/sft --config {out / 'best_config.yaml'}\n")
+        outputs.write_atomic(out / "best_config.yaml", configlib.dump_yaml(best_cfg, header))
+    save_file(out / "trials.csv", lambda path: study.trials_dataframe().to_csv(path, index=False))
+    metrics["plots"] = plots(study, out, len(done))
+    outputs.write_metrics(metrics, out)
+    outputs.save_resolved_config(cfg, out, "optuna")
+    return metrics
+
+
+def save_file(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def plots(study, out: Path, completed: int) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as vis
+
+    made = {}
+    for name, plot, needs in (("optimization_history.png", vis.plot_optimization_history, 1),
+                              ("param_importances.png", vis.plot_param_importances, 2)):
+        if completed < needs:
+            made[name] = f"skipped: needs {needs} completed trials, the study has {completed}"
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                axes = plot(study)
+            figure = axes.figure
+            figure.set_size_inches(8, 4.5)
+            save_file(out / name, lambda path: figure.savefig(path, bbox_inches="tight"))
+            plt.close(figure)
+            made[name] = "written"
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. no parameter varied yet
+            made[name] = f"skipped: {exc}"
+            log.warning("%s not written: %s", name, exc)
+    return made
+
+
+def main(cfg: Config, check_only: bool) -> None:
+    # Validate: config (search space included), data and the storage reference, before any model loads.
+    hf.setup_logging()
+    if distributed.world_size() > 1:
+        raise UsageError("the search is one process per worker: run it without --nproc/torchrun, and start "
+                         "the command several times for several workers")
+    token = hf.hub_token(cfg)
+    splits = sft_data.load(cfg, token)
+    if splits.eval is None:
+        raise UsageError("eval_split: the search minimizes the held-out eval loss; give an eval split "
+                         "(eval_split or eval_dataset_name)")
+    hf.check_hub_reachable(cfg, token)
+    space, _ = parse_space(cfg)
+    if check_only:  # storage_secret is read where the job runs: its reference was checked with the config
+        return
+    url, shown = storage_location(cfg)
+
+    # Join (or create) the study; its creator enqueues the baseline trial.
+    import optuna
+    from optuna.trial import TrialState
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    started = time.monotonic()
+    checkpoint.StopOnSignal()  # until the first trial installs its own
+    storage = open_storage(cfg, url, shown)
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_n_startup_trials,
+                                          n_warmup_steps=cfg.pruner_n_warmup_steps)
+              if cfg.prune else optuna.pruners.NopPruner())
+    sampler = optuna.samplers.TPESampler(seed=cfg.sampler_seed, n_startup_trials=cfg.tpe_n_startup_trials)
+    try:
+        study = optuna.create_study(study_name=cfg.study_name, storage=storage, sampler=sampler, pruner=pruner,
+                                    direction="minimize")
+        if cfg.baseline_trial:
+            base = base_values(cfg)
+            study.enqueue_trial({name: base[name] for name in space}, user_attrs={"baseline": True})
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=sampler, pruner=pruner)
+        if study.direction != optuna.study.StudyDirection.MINIMIZE:
+            raise UsageError(f"study_name: study {cfg.study_name} exists and maximizes; use another name") from None
+    optuna.storages.fail_stale_trials(study)  # a dead worker's trial is failed and re-enqueued even if none runs here
+
+    def finished() -> int:
+        return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+    started_with = finished()
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    log.info("worker %s joins study %s in %s (%d finished trials)", worker, cfg.study_name, shown,
+             started_with)
+
+    # Run trials until the study has n_trials finished ones (this worker: at most n_trials). A signal
+    # stops the worker after saving the running trial's checkpoint, and that trial is re-enqueued so
+    # whichever worker runs next resumes it.
+    current: dict[str, int | None] = {"trial": None}
+    mine: list[int] = []
+
+    def after_trial(study, trial) -> None:
+        mine.append(trial.number)
+        if signalled() or finished() >= cfg.n_trials:
+            study.stop()
+
+    objective = make_objective(cfg, space, splits, token, worker, current)
+    try:
+        if started_with < cfg.n_trials:
+            import torch
+
+            study.optimize(objective, n_trials=cfg.n_trials, callbacks=[after_trial], gc_after_trial=True,
+                           catch=(MemoryError, torch.OutOfMemoryError))
+    except Preempted:
+        if current["trial"] is not None:
+            storage.get_heartbeat_stale_trial_callback()(study, frozen(study, current["trial"]))
+        raise
+    m = write_outputs(study, cfg, shown, worker, mine, started_with, time.monotonic() - started)
+    if signalled():
+        raise Preempted(f"stopped after trial {mine[-1] if mine else '-'}")
+    print(f"study {cfg.study_name}: trials {m['trial_states']}; best trial {m['best_trial']}: eval loss "
+          f"{m['best_eval_loss']}; baseline trial {m['baseline_trial']}: eval loss {m['baseline_eval_loss']}")
+    if m["best_trial"] is not None:
+        print(f"train the best config: launcher run recipes/sft --config {Path(cfg.output_dir) / 'best_config.yaml'}")
+    print(f"outputs in {Path(cfg.output_dir).resolve()}")
+
+
+if __name__ == "__main__":
+    entry.run(main, Config, "Bayesian hyperparameter search over SFT runs with Optuna", __file__)

@@ -1,0 +1,98 @@
+"""The command line with --backend k8s: options and profile keys of each backend, bad input as one line.
+
+The manifests themselves are checked in tests/k8s/.
+"""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from launcher import cli, k8s, profiles
+
+K8S_PROFILE = """
+profiles:
+  both:                       # one site, two schedulers: each backend reads its own keys
+    partition: gpu
+    container: apptainer
+    image: registry.local/ft-recipes:1
+    output_root: /shared/outputs
+    namespace: research
+    pvc: shared-outputs
+    tolerations:
+      - {key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}
+    labels: {team: nlp}
+    secret_env: {OPTUNA_DB: optuna-db:url}
+    backoff_limit: 1
+"""
+
+
+def invoke(*args: str, env: dict | None = None):
+    return CliRunner().invoke(cli.main, list(args), env=env)
+
+
+def one_line_error(result, exit_code: int = 2) -> str:
+    assert result.exit_code == exit_code, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("Error: ") and "Traceback" not in result.output
+    return line.removeprefix("Error: ")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["render", "sft", "--backend", "k8s", "--partition", "gpu"], "--partition: only used with --backend slurm"),
+    (["render", "sft", "--backend", "k8s", "--mount", "/x"], "--mount: only used with --backend slurm"),
+    (["render", "sft", "--namespace", "ml"], "--namespace: only used with --backend k8s"),
+    (["render", "sft", "--api", "trainjob"], "--api: only used with --backend k8s"),
+    (["submit", "sft", "--dry-run=server"], "--dry-run: server is only for --backend k8s; use --dry-run"),
+    (["status", "1234", "--namespace", "ml"], "--namespace: only used with --backend k8s"),
+    (["cancel", "job-abcde", "--backend", "k8s", "--preempt"], "--preempt: only used with --backend slurm"),
+    (["render", "sft", "--backend", "k8s", "--label", "novalue"], "--label: expected NAME=VALUE, got 'novalue'"),
+    (["render", "sft", "--backend", "k8s", "--set", "output_dir=outputs/x"],
+     "--set output_dir: on Kubernetes outputs live on the PVC mounted at /outputs"),
+    (["render", "sft", "--backend", "k8s", "--api", "trainjob", "--priority-class", "high"],
+     "--priority-class: a TrainJob cannot set the pods' priorityClassName"),
+    (["render", "sft", "--backend", "k8s", "--env", "PET_NNODES=2"],
+     "--env: PET_NNODES is set by the training operator or torchrun"),
+])
+def test_bad_options_are_one_line_naming_the_option(args, message):
+    assert one_line_error(invoke(*args)).startswith(message)
+
+
+def test_profile_keys_of_the_other_backend_are_ignored(tmp_path):
+    (tmp_path / "ft-recipes").mkdir()
+    (tmp_path / "ft-recipes" / "launcher.yaml").write_text(K8S_PROFILE)
+    result = invoke("render", "sft", "--backend", "k8s", "--profile", "both", env={"XDG_CONFIG_HOME": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    config_map, job = k8s.manifests(result.stdout)
+    assert job["metadata"]["namespace"] == "research" and job["spec"]["runPolicy"]["backoffLimit"] == 1
+    spec = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert spec["containers"][0]["image"] == "registry.local/ft-recipes:1"
+    assert {"name": "OPTUNA_DB", "valueFrom": {"secretKeyRef": {"name": "optuna-db", "key": "url"}}} in \
+        spec["containers"][0]["env"]
+    assert "/shared/outputs" not in result.stdout  # output_root is Slurm's: k8s writes to the PVC at /outputs
+    slurm = profiles.load("both", files=[tmp_path / "ft-recipes" / "launcher.yaml"])
+    assert slurm.partition == "gpu" and slurm.labels == {"team": "nlp"}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("profiles: {p: {namespce: ml}}", "namespce: unknown key; did you mean namespace?"),
+    ("profiles: {p: {tolerations: [{key: gpu, effect: Sometimes}]}}", "tolerations: effect must be one of"),
+    ("profiles: {p: {labels: {team: 'a b'}}}", "labels.team: values must be empty or up to 63"),
+    ("profiles: {p: {hf_token_secret: 'hf token'}}", "hf_token_secret: must be at most 253 lower-case"),
+    ("profiles: {p: {clean_pod_policy: Never}}", "clean_pod_policy: must be one of Running, All, None"),
+    ("profiles: {p: {memory: lots}}", "memory: must be a positive quantity"),
+    ("profiles: {p: {backoff_limit: -1}}", "backoff_limit: must be an integer from 0 to 100"),
+])
+def test_bad_k8s_profile_keys_name_the_file_profile_and_key(tmp_path, text, message):
+    path = tmp_path / "launcher.yaml"
+    path.write_text(text)
+    with pytest.raises(profiles.ProfileError) as error:
+        profiles.load("p", files=[path])
+    assert str(error.value).startswith(f"{path}: profile 'p': {message}")
+
+
+def test_command_line_labels_add_to_the_profiles():
+    profile = profiles.Profile(labels={"team": "nlp"}, node_selector={"a": "1"})
+    changed = profiles.override(profile, {"labels": {"run": "7"}, "node_selector": {}, "pvc": None})
+    assert changed.labels == {"team": "nlp", "run": "7"} and changed.node_selector == {"a": "1"}

@@ -1,0 +1,140 @@
+"""launcher render/submit/status/logs/cancel against stand-in sbatch/scontrol/scancel (no cluster needed).
+
+The real cluster runs the same commands in tests/slurm/test_cluster.py.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from launcher import slurm
+from tests.conftest import run_launcher
+
+FAKE = {
+    "sbatch": 'echo "$@" >"$FAKE_SLURM/sbatch.args"; cp "${@: -1}" "$FAKE_SLURM/submitted.sbatch"; echo "4242;ftlocal"',
+    "scontrol": '''echo "$@" >>"$FAKE_SLURM/scontrol.args"
+case "$*" in
+  *" 4242") echo "JobId=4242 JobName=sft UserId=root(0) JobState=RUNNING Reason=None Restarts=1 RunTime=00:01:02 \
+NodeList=node[1-2] ExitCode=0:0 StdOut=$FAKE_SLURM/out/sft/slurm-4242.out" ;;
+  *" 77") echo "JobId=78 ArrayJobId=77 ArrayTaskId=0 JobName=s JobState=COMPLETED Reason=None Restarts=0 \
+RunTime=00:00:05 NodeList=node1 ExitCode=0:0 StdOut=$FAKE_SLURM/w0.out"
+          echo "JobId=77 ArrayJobId=77 ArrayTaskId=1 JobName=s JobState=FAILED Reason=NonZeroExitCode Restarts=0 \
+RunTime=00:00:05 NodeList=node2 ExitCode=1:0 StdOut=$FAKE_SLURM/w1.out" ;;
+  *) echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1 ;;
+esac''',
+    "scancel": 'echo "$@" >"$FAKE_SLURM/scancel.args"',
+}
+
+
+@pytest.fixture
+def fake_slurm(tmp_path) -> tuple[Path, dict]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in FAKE.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_SLURM": str(tmp_path),
+           "XDG_STATE_HOME": str(tmp_path / "state"), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    return tmp_path, env
+
+
+def test_render_prints_a_complete_sbatch_script(tmp_path):
+    result = run_launcher("render", "recipes/sft-zero2", "--backend", "slurm", "--nodes", "2", "--gpus", "4",
+                          "--partition", "gpu", "--time", "01:00:00", "--output-root", str(tmp_path),
+                          "--set", "learning_rate=1e-4")
+    assert result.returncode == 0, result.stderr
+    script = result.stdout
+    for line in ["#SBATCH --job-name=sft-zero2", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1",
+                 "#SBATCH --gpus-per-node=4", "#SBATCH --time=01:00:00", "#SBATCH --partition=gpu",
+                 f"#SBATCH --output={tmp_path}/sft-zero2/slurm-%j.out", "#SBATCH --signal=B:USR1@300",
+                 "#SBATCH --requeue", "learning_rate: 0.0001"]:
+        assert line + "\n" in script, line
+    assert ("torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d \\\n"
+            '  --rdzv_endpoint "$head_addr:$rdzv_port" --rdzv_id "$SLURM_JOB_ID" \\\n'
+            '  recipes/sft-zero2/train.py --config "$config" &\n') in script
+    assert not (tmp_path / "sft-zero2").exists()  # rendering writes nothing
+
+
+def test_render_refuses_what_the_recipe_refuses():
+    result = run_launcher("render", "recipes/sft-zero2", "--set", "load_in_4bit=true")
+    assert result.returncode == 2 and "load_in_4bit" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_dry_run_prints_the_script_and_submits_nothing(fake_slurm):
+    root, env = fake_slurm
+    result = run_launcher("submit", "sft", "--output-root", str(root / "out"), "--dry-run", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("#!/bin/bash\n") and "dry run: would write" in result.stderr
+    assert not (root / "sbatch.args").exists() and not (root / "out").exists()
+
+
+def test_submit_runs_sbatch_parsable_and_says_where_the_log_is(fake_slurm):
+    root, env = fake_slurm
+    rendered = run_launcher("submit", "sft", "--output-root", str(root / "out"), "--dry-run", env=env).stdout
+    result = run_launcher("submit", "sft", "--output-root", str(root / "out"), env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("submitted job 4242 (sft)\n")
+    assert f"log:     {root}/out/sft/slurm-4242.out" in result.stdout
+    script = root / "out" / "sft" / "job.sbatch"
+    assert (root / "sbatch.args").read_text().split() == ["--parsable", str(script)]
+    assert script.read_text() == (root / "submitted.sbatch").read_text() == rendered  # what dry-run showed
+
+
+def test_status_logs_and_cancel(fake_slurm):
+    root, env = fake_slurm
+    log = root / "out" / "sft" / "slurm-4242.out"
+    log.parent.mkdir(parents=True)
+    log.write_text("== job 4242, attempt 2\nhello\n")
+    status = run_launcher("status", "4242", env=env)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout == (f"job 4242 (sft): RUNNING on node[1-2], run time 00:01:02, restarts 1\n"
+                             f"log: {log}\n")
+    logs = run_launcher("logs", "4242", env=env)
+    assert logs.stdout == log.read_text()
+    cancel = run_launcher("cancel", "4242", env=env)
+    assert cancel.returncode == 0 and (root / "scancel.args").read_text().split() == ["4242"]
+    preempt = run_launcher("cancel", "--preempt", "4242", env=env)
+    assert preempt.returncode == 0 and (root / "scancel.args").read_text().split() == ["--signal=USR1", "--batch",
+                                                                                       "4242"]
+
+
+def test_status_of_an_array_shows_every_worker(fake_slurm):
+    root, env = fake_slurm
+    status = run_launcher("status", "77", env=env)
+    assert status.stdout.splitlines()[:2] == [
+        "job 77_0 (s): COMPLETED on node1, run time 00:00:05, restarts 0, exit code 0:0",
+        "job 77_1 (s): FAILED (NonZeroExitCode) on node2, run time 00:00:05, restarts 0, exit code 1:0"]
+
+
+def test_a_job_slurm_forgot_is_found_through_the_submit_record(fake_slurm):
+    root, env = fake_slurm
+    env["FAKE_SLURM"] = str(root)
+    (root / "bin" / "sbatch").write_text('#!/bin/bash\necho 9001\n')
+    assert run_launcher("submit", "sft", "--output-root", str(root / "out"), env=env).returncode == 0
+    log = root / "out" / "sft" / "slurm-9001.out"
+    log.write_text("finished long ago\n")
+    status = run_launcher("status", "9001", env=env)
+    assert status.returncode == 0 and "no longer known to Slurm" in status.stdout and f"log: {log}" in status.stdout
+    assert run_launcher("logs", "9001", env=env).stdout == "finished long ago\n"
+    unknown = run_launcher("status", "12345", env=env)
+    assert unknown.returncode == 2 and "Slurm does not know job 12345" in unknown.stderr
+
+
+@pytest.mark.parametrize("job", ["12;rm", "$(x)", "1-2", "1_2_3", ""])
+def test_job_ids_are_checked(job):
+    result = run_launcher("status", job)
+    assert result.returncode == 2 and "JOB: expected a Slurm job id" in result.stderr
+
+
+def test_without_slurm_the_error_says_what_to_do(tmp_path):
+    env = {"PATH": "/usr/bin:/bin" if not Path("/usr/bin/sbatch").exists() else str(tmp_path)}
+    result = run_launcher("cancel", "1", env=env)
+    assert result.returncode == 1 and "scancel not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_scontrol_output_is_parsed_with_spaces_in_values():
+    (job,) = slurm.parse_scontrol("JobId=5 JobName=a b Reason=None Command=/x/y StdOut=/o/slurm-5.out\n")
+    assert job["JobName"] == "a b" and job["StdOut"] == "/o/slurm-5.out"

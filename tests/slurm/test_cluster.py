@@ -1,0 +1,178 @@
+"""Real jobs on the two-node local Slurm cluster, submitted with `launcher submit` as a user would.
+
+- sft-zero2 on 2 nodes x 1 process (CPU, gloo) with the tiny model runs to the end, and its
+  outputs load;
+- the same job, sent USR1 mid-training, checkpoints, requeues itself, resumes from that
+  checkpoint and ends at the same step as the uninterrupted job, with every step trained once;
+- a search recipe with --workers 3 becomes a job array whose workers share the output dir.
+
+Both training jobs are submitted at once (each takes one CPU per node), so they run side by side.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, read_metrics, run_launcher
+
+STEPS = 24
+TINY = ["eval_split=null", "eval_answer_field=null", "bf16=false", "batch_size=2", "logging_steps=1",
+        "save_steps=4", "save_total_limit=null", f"max_steps={STEPS}"]
+
+
+def submit(*args: str) -> str:
+    result = run_launcher("submit", *args, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    match = re.search(r"^submitted job (\d+)", result.stdout, re.M)
+    assert match and "log:" in result.stdout, result.stdout
+    return match.group(1)
+
+
+def submit_training(name: str, root: Path, tiny_model: str, small_hotel: dict) -> str:
+    sets = [f"model_name={tiny_model}", f"dataset_name={small_hotel['train']}", *TINY]
+    return submit("recipes/sft-zero2", "--profile", "local", "--nodes", "2", "--job-name", name,
+                  "--output-root", str(root), *[arg for item in sets for arg in ("--set", item)])
+
+
+def job_fields(job_id: str) -> list[dict[str, str]]:
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True).stdout
+    return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in out.splitlines() if line.strip()]
+
+
+def wait_done(job_id: str, timeout: float = 900) -> list[dict[str, str]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = job_fields(job_id)
+        if jobs and all(job["JobState"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL",
+                                            "OUT_OF_MEMORY") for job in jobs):
+            return jobs
+        time.sleep(1)
+    subprocess.run(["scancel", job_id])
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {job_fields(job_id)}")
+
+
+def log_of(job_id: str) -> str:
+    return "\n".join(Path(job["StdOut"]).read_text(errors="replace") for job in job_fields(job_id))
+
+
+def preempt_when(job_id: str, ready, errors: list) -> None:
+    """``launcher cancel --preempt`` (USR1 to the job's batch shell) once ``ready()``."""
+    try:
+        deadline = time.monotonic() + 900
+        while not ready():
+            assert time.monotonic() < deadline, "no checkpoint before the deadline"
+            time.sleep(0.05)
+        result = run_launcher("cancel", "--preempt", job_id)
+        assert result.returncode == 0, result.stderr
+    except Exception as exc:  # noqa: BLE001 - reported by the test that joins this thread
+        errors.append(exc)
+
+
+@pytest.fixture(scope="module")
+def training_jobs(slurm_cluster, tmp_path_factory, tiny_model, small_hotel):
+    """Two identical sft-zero2 jobs; the second is preempted after its first checkpoint."""
+    root = tmp_path_factory.mktemp("slurm-out")
+    plain = submit_training("plain", root, tiny_model, small_hotel)
+    preempted = submit_training("preempted", root, tiny_model, small_hotel)
+    errors: list = []
+    ready = lambda: (root / "preempted" / "checkpoint-4" / "COMPLETE").exists()  # noqa: E731
+    watcher = threading.Thread(target=preempt_when, args=(preempted, ready, errors), daemon=True)
+    watcher.start()
+    yield {"root": root, "plain": plain, "preempted": preempted, "watcher": watcher, "errors": errors}
+    subprocess.run(["scancel", plain, preempted])
+
+
+def test_sft_zero2_runs_on_two_nodes_and_its_outputs_load(training_jobs):
+    from peft import AutoPeftModelForCausalLM
+
+    job_id, out = training_jobs["plain"], training_jobs["root"] / "plain"
+    (job,) = wait_done(job_id)
+    assert job["JobState"] == "COMPLETED", log_of(job_id)[-4000:]
+    assert job["NodeList"] == "node[1-2]" and job["Restarts"] == "0"
+    metrics = read_metrics(out)
+    assert metrics["world_size"] == 2 and metrics["global_step"] == STEPS
+    AutoPeftModelForCausalLM.from_pretrained(out / "model")
+    # The resolved config sits next to the outputs, and is the one the recipe trained with.
+    written = (out / "job-config.yaml").read_text()
+    assert f"max_steps: {STEPS}" in written and f"output_dir: {out}" in written
+    assert (out / "job.sbatch").read_text().startswith("#!/bin/bash")
+
+    status = run_launcher("status", job_id)
+    assert status.returncode == 0 and "COMPLETED" in status.stdout and f"log: {out}/slurm-{job_id}.out" in status.stdout
+    logs = run_launcher("logs", job_id)
+    assert logs.returncode == 0 and "== training step ended with exit code 0" in logs.stdout
+
+
+def test_preempted_job_checkpoints_requeues_and_resumes_without_losing_a_step(training_jobs):
+    job_id, out = training_jobs["preempted"], training_jobs["root"] / "preempted"
+    (job,) = wait_done(job_id)
+    training_jobs["watcher"].join(timeout=60)
+    assert not training_jobs["errors"], training_jobs["errors"]
+    log = log_of(job_id)
+    assert job["JobState"] == "COMPLETED", log[-4000:]
+    assert job["Restarts"] == "1"
+
+    # USR1 reached the training processes on both nodes (not only torchrun), which saved a
+    # checkpoint at the step they were in and exited 143; the job requeued itself.
+    assert log.count("received SIGUSR1") == 2, log[-4000:]
+    stops = set(re.findall(r"stopped: checkpoint saved at step (\d+); exiting with 143", log))
+    assert len(stops) == 1, log[-4000:]
+    stopped_at = int(stops.pop())
+    assert 4 <= stopped_at < STEPS
+    assert "== requeueing (retry 1 of 3)" in log and "attempt 2" in log
+
+    # The rerun resumed from exactly that checkpoint and ended where the uninterrupted job did.
+    metrics = read_metrics(out)
+    plain = read_metrics(training_jobs["root"] / "plain")
+    assert metrics["resumed_from"] == str(out / f"checkpoint-{stopped_at}")
+    assert metrics["global_step"] == plain["global_step"] == STEPS
+    steps = [row["step"] for row in metrics["log_history"] if "loss" in row]
+    assert steps == list(range(1, STEPS + 1)), steps  # every step trained once: none lost, none repeated
+    losses = [row["loss"] for row in metrics["log_history"] if "loss" in row]
+    plain_losses = [row["loss"] for row in plain["log_history"] if "loss" in row]
+    assert losses == pytest.approx(plain_losses, rel=1e-3)
+
+
+FAKE_SEARCH = '''"""A stand-in search recipe: every worker appends to one journal in the shared output dir."""
+import argparse, os, sys, time
+import yaml
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--config")
+parser.add_argument("--set", action="append", default=[])
+parser.add_argument("--check", action="store_true")
+args = parser.parse_args()
+cfg = yaml.safe_load(open(args.config))
+for item in args.set:
+    key, _, value = item.partition("=")
+    cfg[key] = yaml.safe_load(value)
+if args.check:
+    sys.stdout.write(yaml.safe_dump(cfg, sort_keys=False))
+    sys.exit(0)
+with open(os.path.join(cfg["output_dir"], cfg["storage"]), "a") as journal:
+    journal.write(f"trial by worker {os.environ['SLURM_ARRAY_TASK_ID']}\\n")
+'''
+
+
+def test_search_workers_become_a_job_array_sharing_one_journal(slurm_cluster, tmp_path):
+    recipe = tmp_path / "recipes" / "fake-search"
+    recipe.mkdir(parents=True)
+    (recipe / "search.py").write_text(FAKE_SEARCH)
+    (recipe / "config.yaml").write_text("storage: study.journal\noutput_dir: outputs/fake\n")
+    job_id = submit(str(recipe), "--workers", "3", "--profile", "local", "--workdir", str(tmp_path),
+                    "--venv", str(REPO / ".venv"), "--output-root", str(tmp_path / "out"))
+    tasks = wait_done(job_id, timeout=300)
+    assert sorted(job["ArrayTaskId"] for job in tasks) == ["0", "1", "2"]
+    assert all(job["JobState"] == "COMPLETED" for job in tasks), log_of(job_id)
+    journal = (tmp_path / "out" / "fake-search" / "study.journal").read_text().splitlines()
+    assert sorted(journal) == [f"trial by worker {i}" for i in range(3)]
+    logs = run_launcher("logs", job_id)
+    assert logs.returncode == 0 and logs.stdout.count("== job ") == 3
+    status = run_launcher("status", job_id)
+    assert status.returncode == 0 and status.stdout.count("COMPLETED") == 3, status.stdout
