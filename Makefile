@@ -4,13 +4,16 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock requirements-dev.lock pyproject.toml | cksum | cut -d' ' -f1)
 DEMO_OUTPUT ?= outputs/demo
+# pytest-xdist workers: the tiny-model recipe runs are mostly single-threaded Python, so two share 2 cores well.
+TEST_WORKERS ?= 2
 
-.PHONY: help venv demo test test-gpu lock clean images
+.PHONY: help venv demo test test-gpu lock clean images bench
 
 help:
 	@echo "make demo      fine-tune the embedded SmolLM2 on the hotel data (CPU, a few minutes)"
 	@echo "make test      run the test suite (unit tests + CPU smoke runs of the recipes)"
 	@echo "make test-gpu  run the recipe smoke tests on a CUDA GPU (bf16)"
+	@echo "make bench     tokens/s, time to first step, peak memory of the sft recipe vs trl sft (docs/benchmarks.md)"
 	@echo "make lock      re-resolve requirements.lock / requirements-dev.lock"
 	@echo "make images    build the CUDA and CPU container images (docker, podman or buildah; images/README.md)"
 
@@ -28,10 +31,15 @@ demo: venv
 	$(BIN)/launcher run recipes/sft --set output_dir=$(DEMO_OUTPUT)
 
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test-gpu: venv
 	RECIPES_TEST_DEVICE=cuda $(BIN)/python -m pytest -q -m "gpu"
+
+# Writes bench/results/<host>-<date>.json and .md; BENCH_ARGS="--suite gpu" on a GPU machine.
+bench: venv
+	$(BIN)/launcher models prepare
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # Resolve the newest compatible versions into the lock files (needs network access to PyPI).
 lock:

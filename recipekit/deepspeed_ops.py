@@ -5,14 +5,24 @@ through torch's extension loader, which guards each build with a plain `lock` fi
 killed while holding it (preemption, OOM kill, SIGKILL) leaves the file behind, and every later
 job then waits on it forever. Here every build runs under an flock, which the kernel releases
 when its holder dies, so a leftover `lock` file is provably stale and is removed before building.
+
+Two more things would otherwise rebuild the ops (a minute or more each) over and over: torch runs
+whichever `ninja` comes first on PATH, and two ninja versions hash the same build command
+differently, so each takes the other's outputs for stale (a pod, an srun step and a shell rarely
+agree on PATH); and two installs (two venvs) writing one directory overwrite each other. So the
+build always uses the ninja pinned next to this interpreter, in a directory of its own per install.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import importlib.metadata
+import importlib.util
 import logging
 import os
 import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -22,13 +32,24 @@ log = logging.getLogger(__name__)
 
 
 def extensions_dir() -> Path:
-    """Where the ops are built: TORCH_EXTENSIONS_DIR if set, else a per-torch-version cache dir."""
+    """Where the ops are built: TORCH_EXTENSIONS_DIR if set, else a cache dir per Python, torch and install."""
     if os.environ.get("TORCH_EXTENSIONS_DIR"):
         return Path(os.environ["TORCH_EXTENSIONS_DIR"])
     import torch
 
-    tag = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}"
+    location = str(Path(importlib.util.find_spec("deepspeed").origin).resolve().parent)
+    install = hashlib.sha256(location.encode()).hexdigest()[:8]
+    tag = (f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}"
+           f"-ds{importlib.metadata.version('deepspeed')}-{install}")
     return models.cache_dir().parent / "torch_extensions" / tag
+
+
+def use_pinned_ninja() -> None:
+    """Put the interpreter's own scripts dir (where requirements.lock's ninja lives) first on PATH."""
+    scripts = sysconfig.get_path("scripts")
+    if scripts and os.access(os.path.join(scripts, "ninja"), os.X_OK):
+        rest = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != scripts]
+        os.environ["PATH"] = os.pathsep.join([scripts, *rest])
 
 
 def prepare(offload_optimizer: bool) -> None:
@@ -49,6 +70,7 @@ def prepare(offload_optimizer: bool) -> None:
         root.mkdir(parents=True, exist_ok=True)
         guard = open(root / ".build.flock", "w")
     os.environ["TORCH_EXTENSIONS_DIR"] = str(root)
+    use_pinned_ninja()
     wanted = ["CPUAdamBuilder" if offload_optimizer else "FusedAdamBuilder", "ShareMemCommBuilder"]
     with guard:
         fcntl.flock(guard, fcntl.LOCK_EX)

@@ -20,6 +20,7 @@ from recipekit.schema import LoraOptions, ModelOptions, TrainingOptions
 log = logging.getLogger("recipekit")
 FINAL_DIR = "model"
 MERGED_DIR = "merged"
+IGNORE_INDEX = -100  # label value the loss skips
 
 
 def setup_logging() -> None:
@@ -227,6 +228,9 @@ class PlainLossOnCPUMixin:
     metrics; on CPU its backward made a training step about 2.5x slower than the plain forward
     (measured with SmolLM2-135M, LoRA, 512 packed tokens). On GPU the chunked kernel is kept: it
     never materializes the full logits, which matters for memory at long sequence lengths.
+
+    On CPU the LM head also runs only at positions whose next token is trained on (the replies,
+    not the prompts): the loss is the same, the vocabulary-sized matmul shrinks to those rows.
     """
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -234,5 +238,89 @@ class PlainLossOnCPUMixin:
 
         if self.args.device.type != "cpu":
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        inputs = {k: v for k, v in inputs.items() if k != "completion_mask"}
-        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+        # use_cache=False as TRL sets it: with a cache, transformers skips the packed-documents mask and
+        # every token of a packed row would attend to the documents before it.
+        inputs = {**{k: v for k, v in inputs.items() if k != "completion_mask"}, "use_cache": False}
+        if return_outputs or inputs.get("labels") is None or self.label_smoother is not None \
+                or self.compute_loss_func is not None:
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+        return self._loss_on_trained_positions(model, inputs, num_items_in_batch)
+
+    def _loss_on_trained_positions(self, model, inputs, num_items_in_batch):
+        """Trainer.compute_loss's causal-LM loss, computing logits only where a label follows."""
+        import torch
+        from transformers.loss.loss_utils import fixed_cross_entropy
+
+        labels = inputs.pop("labels")
+        targets = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]  # as ForCausalLMLoss shifts
+        keep = torch.nonzero((targets != IGNORE_INDEX).any(dim=0)).flatten()
+        outputs = model(**inputs, logits_to_keep=keep)
+        logits = outputs.logits.float()
+        per_item = num_items_in_batch if self.model_accepts_loss_kwargs else None
+        loss = fixed_cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[:, keep].reshape(-1), per_item)
+        if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and per_item is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        return loss
+
+
+class _DocumentAttention:
+    """SDPA that attends within each packed document instead of masking one long row.
+
+    A padding-free batch is one row of several documents whose position_ids restart at 0; plain
+    SDPA then runs over the whole row with a block-diagonal mask, so its cost grows with the
+    square of the row length. This runs causal SDPA once per document instead: the same result
+    (the mask allows exactly these blocks), at the cost of the documents' squared lengths. Used
+    on CPU only; anything else (GPU, generation with a cache, padded batches, tracing) goes to
+    the stock SDPA function unchanged.
+    """
+
+    def __init__(self, fallback):
+        self.fallback = fallback
+        self._last: tuple[Any, Any, Any] | None = None  # (position_ids, mask, bounds) of the current forward
+
+    def bounds(self, position_ids, mask) -> list[int] | None:
+        """Document start offsets plus the row length; None unless the mask is exactly the packed-documents one."""
+        import torch
+
+        if self._last is not None and self._last[0] is position_ids and self._last[1] is mask:
+            return self._last[2]
+        flat = position_ids[0]
+        restart = torch.ones_like(flat, dtype=torch.bool)
+        restart[1:] = flat[1:] != flat[:-1] + 1  # the rule transformers uses to find packed sequences
+        starts = torch.nonzero(restart).flatten().tolist()
+        bounds = [*starts, flat.numel()] if len(starts) > 1 and mask is not None else None
+        if bounds is not None:
+            document = torch.cumsum(restart.to(torch.int32), 0)
+            expected = (document[:, None] == document[None, :]).tril()
+            if mask.dtype != torch.bool or mask.shape[-2:] != expected.shape or not torch.equal(mask[0, 0], expected):
+                bounds = None  # the mask also hides padding or something else: leave it to SDPA
+        self._last = (position_ids, mask, bounds)
+        return bounds
+
+    def __call__(self, module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
+                 **kwargs):
+        import torch
+        from transformers.integrations.sdpa_attention import repeat_kv
+
+        position_ids = kwargs.get("position_ids")
+        usable = (query.device.type == "cpu" and position_ids is not None and query.shape[0] == 1
+                  and position_ids.shape[0] == 1 and query.shape[2] == key.shape[2] == position_ids.shape[-1]
+                  and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+        bounds = self.bounds(position_ids, attention_mask) if usable else None
+        if bounds is None:
+            return self.fallback(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                 is_causal=is_causal, **kwargs)
+        groups = getattr(module, "num_key_value_groups", 1)
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+        pieces = [torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=dropout, scale=scaling, is_causal=True)
+            for a, b in zip(bounds, bounds[1:])]
+        return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
+
+
+def use_document_attention() -> None:
+    """Route ``attn_implementation="sdpa"`` through _DocumentAttention in this process (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    AttentionInterface.register("sdpa", _DocumentAttention(sdpa_attention_forward))

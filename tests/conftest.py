@@ -13,6 +13,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers side by side; one math thread each keeps the recipes they
+    # start from oversubscribing the cores (OpenMP threads that spin-wait slow down several-fold).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture(scope="session")
 def tiny_model() -> str:

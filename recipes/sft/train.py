@@ -53,6 +53,8 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, *, recipe: s
 
     stopper = checkpoint.StopOnSignal()
     model_path = models.resolve(cfg.model_name)
+    if cfg.attn_implementation == "sdpa":
+        hf.use_document_attention()  # packed rows: attend per document, not through a block mask (CPU)
     tokenizer = hf.load_tokenizer(model_path, cfg, token)
     model = hf.load_causal_lm(model_path, cfg, cfg, token)
     args = SFTConfig(**hf.trainer_args(cfg), max_length=cfg.seq_length, packing=cfg.packing,

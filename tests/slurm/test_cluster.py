@@ -21,6 +21,9 @@ import pytest
 
 from tests.conftest import REPO, read_metrics, run_launcher
 
+# One cluster: with `make test`'s parallel workers, these tests all run in the same worker.
+pytestmark = pytest.mark.xdist_group("slurm-cluster")
+
 STEPS = 24
 TINY = ["eval_split=null", "eval_answer_field=null", "bf16=false", "batch_size=2", "logging_steps=1",
         "save_steps=4", "save_total_limit=null", f"max_steps={STEPS}"]

@@ -1,0 +1,474 @@
+"""`make bench`: the sft recipe against TRL's own `trl sft`, in one run, on this machine.
+
+    python -m bench.run                          # CPU: SmolLM2-135M LoRA on the hotel data
+    python -m bench.run --suite gpu              # GPU: Llama-3.2-1B-shaped full FT + LoRA at seq 2048
+    python -m bench.run --suite gpu --shape tiny --peak-tflops 1   # the GPU path on a CPU, tiny model
+    python -m bench.run --suite ablation         # CPU: what each of the recipe's choices buys
+    python -m bench.run --dry-run                # print the commands, run nothing
+
+Every row is its own process, started one after another, so each gets the whole machine and
+its own peak memory. Both sides get the same model, data, sequence length, optimizer steps,
+LoRA settings and threads; everything else is each tool's default. Results go to
+bench/results/<host>-<date>[-<suite>].json and .md (see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench import flops
+from bench.probe import LAUNCHED_ENV, OUT_ENV
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "bench" / "results"
+SFT = REPO / "recipes" / "sft"
+HOTEL_TRAIN = REPO / "recipekit" / "datasets" / "hotel" / "train.jsonl"
+SUITES = ("cpu", "gpu", "ablation")
+DEFAULT_STEPS = {"cpu": 30, "gpu": 30, "ablation": 20}
+NOISY_SHARE = 0.05  # other processes' share of all CPUs during a row above which the table warns
+
+# Random-weight models built from a config (throughput does not depend on the weights' values).
+SHAPES: dict[str, dict[str, Any]] = {
+    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=64, vocab_size=128256, rope_theta=500000.0,
+                         max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=True),
+    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=128, vocab_size=128256, rope_theta=500000.0,
+                         max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=False),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16, vocab_size=49152, max_position_embeddings=4096,
+                 tie_word_embeddings=True),
+}
+
+
+@dataclass
+class Scenario:
+    name: str  # row id, unique in a run
+    tool: str  # "sft" (ours) or "trl sft" (the peer)
+    lora: bool
+    argv: list[str]  # after `python`
+    baseline: str | None = None  # the peer row this one is compared with
+    note: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def recipe_defaults() -> dict[str, Any]:
+    return yaml.safe_load((SFT / "config.yaml").read_text())
+
+
+def ours(name: str, workdir: Path, data_dir: Path, model: str, seq_length: int, steps: int, lora: bool,
+         extra: tuple[str, ...] = (), baseline: str | None = None, note: str = "", env=None) -> Scenario:
+    """The sft recipe with its shipped config; only what must match the peer (and no eval/export) is set."""
+    overrides = [f"model_name={model}", f"dataset_name={data_dir}", "dataset_split=train", "eval_split=null",
+                 f"seq_length={seq_length}", f"max_steps={steps}", f"output_dir={workdir / name}", "resume=false",
+                 "save_steps=1000000000", "merge_adapter=false", f"use_peft={str(lora).lower()}",
+                 "peft_top_layers=null", *extra]
+    argv = ["-m", "bench.ours", str(SFT / "train.py"), "--config", str(SFT / "config.yaml")]
+    for item in overrides:
+        argv.append(f"--set={item}")
+    return Scenario(name, "sft", lora, argv, baseline, note, env or {})
+
+
+def peer(name: str, workdir: Path, data_dir: Path, model: str, seq_length: int, steps: int, lora: bool,
+         cuda: bool) -> Scenario:
+    """`trl sft` with its defaults, told only the model, data, length, steps and LoRA settings."""
+    argv = ["-m", "bench.peer", "--model_name_or_path", model, "--dataset_name", str(data_dir),
+            "--output_dir", str(workdir / name), "--max_length", str(seq_length), "--max_steps", str(steps)]
+    if not cuda:
+        argv.append("--use_cpu")  # TrainingArguments refuses its own bf16 default on a CPU without it
+    if lora:
+        lora_cfg = recipe_defaults()
+        argv += ["--use_peft", "--lora_r", str(lora_cfg["peft_lora_r"]), "--lora_alpha", str(lora_cfg["peft_lora_alpha"]),
+                 "--lora_dropout", str(lora_cfg["peft_lora_dropout"]),
+                 "--lora_target_modules", str(lora_cfg["peft_target_modules"])]
+    return Scenario(name, "trl sft", lora, argv)
+
+
+def plan(suite: str, workdir: Path, data_dir: Path, model: str, seq_length: int, steps: int, cuda: bool,
+         qlora_model: str | None = None, qlora_shape: str | None = None) -> list[Scenario]:
+    both = dict(workdir=workdir, data_dir=data_dir, model=model, seq_length=seq_length, steps=steps)
+    if suite == "cpu":
+        return [peer("trl-sft-lora", lora=True, cuda=cuda, **both),
+                ours("sft-lora", lora=True, baseline="trl-sft-lora", **both),
+                peer("trl-sft-full", lora=False, cuda=cuda, **both),
+                ours("sft-full", lora=False, extra=("learning_rate=2e-5",), baseline="trl-sft-full", **both)]
+    if suite == "ablation":
+        return [
+            peer("trl-sft-lora", lora=True, cuda=cuda, **both),
+            ours("sft-lora", lora=True, baseline="trl-sft-lora", note="as shipped", **both),
+            ours("no-packing", lora=True, extra=("packing=false",), baseline="trl-sft-lora",
+                 note="padded batches of whole examples instead of packed blocks", **both),
+            ours("no-doc-attention", lora=True, baseline="trl-sft-lora", env={"BENCH_NO_DOC_ATTENTION": "1"},
+                 note="stock SDPA over the whole packed row with a block mask", **both),
+            ours("full-logits", lora=True, baseline="trl-sft-lora", env={"BENCH_FULL_LOGITS": "1"},
+                 note="LM head on every position, not only where a label follows", **both),
+            ours("trl-loss", lora=True, baseline="trl-sft-lora", env={"BENCH_TRL_LOSS": "1"},
+                 note="TRL's own loss (fused log-probs + entropy metrics) instead of the plain one", **both),
+            ours("grad-ckpt", lora=True, extra=("gradient_checkpointing=true",), baseline="trl-sft-lora",
+                 note="gradient checkpointing on (TRL's default)", **both),
+            ours("fp32", lora=True, extra=("bf16=false",), baseline="trl-sft-lora",
+                 note="no bf16 autocast", **both),
+            ours("top-15-layers", lora=True, extra=("peft_top_layers=15",), baseline="trl-sft-lora",
+                 note="adapters on the top 15 of 30 layers (`make demo`); different LoRA settings", **both),
+        ]
+    # gpu: full fine-tuning and LoRA; packed batches of 4 x seq_length, bf16, no checkpointing
+    fast = ("batch_size=4", "bf16=true", "packing=true", "gradient_checkpointing=false")
+    rows = [peer("trl-sft-full", lora=False, cuda=cuda, **both),
+            ours("sft-full", lora=False, extra=(*fast, "learning_rate=2e-5"), baseline="trl-sft-full", **both),
+            peer("trl-sft-lora", lora=True, cuda=cuda, **both),
+            ours("sft-lora", lora=True, extra=fast, baseline="trl-sft-lora", **both)]
+    if qlora_model:
+        rows.append(ours("sft-qlora", lora=True, extra=(*fast, "load_in_4bit=true", f"model_name={qlora_model}"),
+                         note=f"QLoRA (nf4) of the {qlora_shape} shape: the peak-memory row", **both))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------- models
+
+
+def random_model(shape: str) -> str:
+    """A Llama with random weights in the given shape and the embedded tokenizer, built once into the cache."""
+    from recipekit import models
+
+    def build(out: Path) -> None:
+        import torch
+        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+        tokenizer = AutoTokenizer.from_pretrained(models.prepare_tokenizer())
+        dims = dict(SHAPES[shape])
+        dims["vocab_size"] = max(dims["vocab_size"], len(tokenizer))
+        config = LlamaConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id, **dims)
+        torch.manual_seed(0)
+        big = shape == "llama-3.1-8b"  # bf16 on disk halves 32 GB; the recipe upcasts or quantizes on load
+        model = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16 if big else torch.float32)
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+
+    return str(models._publish(build, models.cache_dir() / f"bench-{shape}"))
+
+
+# ---------------------------------------------------------------------------------------- running
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU time spent by everything on this machine so far (Linux /proc/stat), or None elsewhere."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_scenario(scenario: Scenario, workdir: Path, threads: int, timeout: int) -> dict[str, Any]:
+    probe_out = workdir / f"{scenario.name}.probe.json"
+    log_path = workdir / f"{scenario.name}.log"
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           OUT_ENV: str(probe_out), **scenario.env}
+    command = [sys.executable, *scenario.argv]
+    print(f"[bench] {scenario.name}: {shlex.join(command)}", flush=True)
+    busy_before, own_before = busy_cpu_seconds(), children_cpu_seconds()
+    env[LAUNCHED_ENV] = repr(time.time())
+    started = time.monotonic()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            code = None
+    wall = time.monotonic() - started
+    busy_after, own = busy_cpu_seconds(), children_cpu_seconds() - own_before
+    if code != 0 or not probe_out.is_file():
+        tail = log_path.read_text(errors="replace")[-4000:]
+        why = f"timed out after {timeout} s" if code is None else f"exit code {code}"
+        raise RuntimeError(f"{scenario.name} failed ({why}); last lines of its log:\n{tail}")
+    record = json.loads(probe_out.read_text())
+    record["wall_s"] = wall
+    record["cpu_s"] = own
+    # CPU time other processes took while this row ran: a busy machine shows up here, not silently.
+    record["foreign_cpu_s"] = None if busy_before is None else max(0.0, busy_after - busy_before - own)
+    return record
+
+
+def summarize(scenario: Scenario, probe: dict[str, Any], peak: float | None) -> dict[str, Any]:
+    """One result row from a probe record: steady tokens/s (after step 1), TTFS, memory, MFU."""
+    steps = probe["steps"]
+    if len(steps) < 2:
+        raise RuntimeError(f"{scenario.name}: needs at least 2 optimizer steps to time, got {len(steps)}")
+    first, last = steps[0], steps[-1]
+    seconds = last["at"] - first["at"]
+    tokens = last["tokens"] - first["tokens"]
+    doc_len_sq = last["doc_len_sq"] - first["doc_len_sq"]
+    model_flops = flops.model_flops(probe["model"], tokens, doc_len_sq, scenario.lora)
+    cuda_peak, foreign = probe.get("cuda_max_allocated_bytes"), probe["foreign_cpu_s"]
+    on_gpu = probe["device"].startswith("cuda")
+    return {
+        "name": scenario.name, "tool": scenario.tool, "lora": scenario.lora, "note": scenario.note,
+        "baseline": scenario.baseline, "command": shlex.join(["python", *scenario.argv]),
+        "steps": len(steps), "timed_steps": len(steps) - 1, "timed_s": seconds,
+        "tokens_total": last["tokens"], "tokens_timed": tokens,
+        "tokens_per_s": tokens / seconds,
+        "loss_tokens_per_s": None if last["loss_tokens"] is None or first["loss_tokens"] is None
+        else (last["loss_tokens"] - first["loss_tokens"]) / seconds,
+        "tokens_per_step": last["tokens"] / len(steps),
+        "time_to_first_step_s": first["at"] - probe["launched_at"],
+        "peak_memory_bytes": cuda_peak if on_gpu else probe["peak_rss_bytes"],
+        "peak_memory_kind": "cuda_max_allocated" if on_gpu else "rss",
+        "peak_rss_bytes": probe["peak_rss_bytes"], "cuda_max_allocated_bytes": cuda_peak,
+        "model_tflops_per_s": model_flops / seconds / 1e12,
+        "flops_per_token": model_flops / tokens if tokens else None,
+        "mfu": flops.mfu(model_flops, seconds, peak),
+        "process_wall_s": probe["wall_s"], "process_cpu_s": probe["cpu_s"], "foreign_cpu_s": foreign,
+        "foreign_cpu_share": None if foreign is None else foreign / (probe["wall_s"] * (os.cpu_count() or 1)),
+        "device": probe["device"], "torch_threads": probe["torch_threads"],
+        "settings": probe["settings"], "model": probe["model"],
+    }
+
+
+def environment(threads: int) -> dict[str, Any]:
+    import importlib.metadata as md
+
+    import psutil
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else \
+        platform.processor()
+    versions = {}
+    for package in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            versions[package] = None
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    return {
+        "host": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
+        "cpu": cpu, "logical_cpus": os.cpu_count(), "physical_cores": psutil.cpu_count(logical=False),
+        "memory_bytes": psutil.virtual_memory().total, "threads": threads,
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "versions": versions, "git_commit": commit or None,
+    }
+
+
+# ---------------------------------------------------------------------------------------- reporting
+
+
+def share(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.0f}%"
+
+
+def gib(value: float | None) -> str:
+    return "–" if value is None else f"{value / 2**30:.2f} GiB"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    env, rows = result["environment"], result["rows"]
+    device = env["cuda_device"] or f"{env['cpu']}, {env['threads']} threads"
+    lines = [
+        f"### `{result['suite']}` suite: {env['host']}, {result['date']}",
+        "",
+        f"{device}; torch {env['versions']['torch']}, transformers {env['versions']['transformers']}, "
+        f"trl {env['versions']['trl']}, peft {env['versions']['peft']}. Model `{result['model']}`, "
+        f"sequence length {result['seq_length']}, {result['steps']} optimizer steps per row "
+        f"(tokens/s timed after step 1). Load average {result['load_before'][0]:.2f} before, "
+        f"{result['load_after'][0]:.2f} after; {result['wall_s'] / 60:.1f} min in all.",
+        "",
+        "| row | tool | LoRA | tokens/s | vs peer | time to first step | peak memory | MFU | tokens/step "
+        "| other load | note |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        ratio = f"{row['ratio_vs_peer']:.2f}×" if row.get("ratio_vs_peer") else "–"
+        mfu = f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "–"
+        memory = gib(row["peak_memory_bytes"]) + (" RSS" if row["peak_memory_kind"] == "rss" else " CUDA")
+        lines.append(f"| {row['name']} | `{row['tool']}` | {'yes' if row['lora'] else 'no'} | "
+                     f"{row['tokens_per_s']:,.0f} | {ratio} | {row['time_to_first_step_s']:.1f} s | {memory} | "
+                     f"{mfu} | {row['tokens_per_step']:,.0f} | {share(row['foreign_cpu_share'])} | {row['note']} |")
+    lines += ["", *(f"- {goal}" for goal in result["goals"])]
+    busy = [row["name"] for row in rows if (row["foreign_cpu_share"] or 0) > NOISY_SHARE]
+    if busy:
+        lines.append(f"- WARNING: other processes used more than {100 * NOISY_SHARE:.0f}% of the CPUs during "
+                     f"{', '.join(busy)}; rerun on an idle machine before trusting these rows")
+    lines.append("")
+    lines.append(f"Command: `{result['command']}`")
+    return "\n".join(lines) + "\n"
+
+
+def goals(suite: str, rows: dict[str, dict[str, Any]]) -> list[str]:
+    def ratio(name: str, target: float) -> str:
+        row = rows.get(name)
+        if not row or not row.get("ratio_vs_peer"):
+            return f"{name} vs peer: not measured in this run"
+        verdict = "met" if row["ratio_vs_peer"] >= target else "NOT met"
+        return f"{name}: {row['ratio_vs_peer']:.2f}× the peer's tokens/s (goal ≥ {target}×): {verdict}"
+
+    def mfu(name: str, target: float) -> str:
+        row = rows.get(name)
+        if not row or row["mfu"] is None:
+            return f"{name} MFU: not measured (no known peak FLOP/s for this device)"
+        verdict = "met" if row["mfu"] >= target else "NOT met"
+        return f"{name}: MFU {100 * row['mfu']:.1f}% (goal ≥ {100 * target:.0f}%): {verdict}"
+
+    if suite == "cpu":
+        return [ratio("sft-lora", 1.5), ratio("sft-full", 1.5)]
+    if suite == "ablation":
+        return [ratio("sft-lora", 1.5)]
+    if not any(row["device"].startswith("cuda") for row in rows.values()):
+        return ["no GPU in this run: the GPU suite ran on the CPU to exercise its code path; "
+                "its goals (MFU, ratio ≥ 1.8×, QLoRA ≤ 10 GB) apply to a GPU run only"]
+    out = [ratio("sft-full", 1.8), ratio("sft-lora", 1.8), mfu("sft-full", 0.45), mfu("sft-lora", 0.40)]
+    if "sft-qlora" in rows:
+        peak = rows["sft-qlora"]["peak_memory_bytes"]
+        out.append(f"sft-qlora: peak {gib(peak)} (goal ≤ 10 GB): {'met' if peak <= 10e9 else 'NOT met'}")
+    return out
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "host"
+
+
+# ---------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--suite", choices=SUITES, default="cpu")
+    parser.add_argument("--steps", type=int, help="optimizer steps per row (default: 30 cpu/gpu, 20 ablation)")
+    parser.add_argument("--model", help="model alias or checkpoint dir (default: smollm2-135m-instruct on cpu, "
+                        "a random Llama-3.2-1B shape on gpu)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), help="gpu suite: build a random model of this shape")
+    parser.add_argument("--qlora-shape", choices=sorted(SHAPES),
+                        help="gpu suite: add a QLoRA row on this shape (default: llama-3.1-8b when CUDA is there)")
+    parser.add_argument("--seq-length", type=int, help="default: the recipe's 256 on cpu, 2048 on gpu")
+    parser.add_argument("--only", help="comma-separated row names to run (peers of kept rows are kept)")
+    parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: from the GPU's name)")
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every row (default: all CPUs)")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per row")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, outputs)")
+    parser.add_argument("--dry-run", action="store_true", help="print the rows' commands and exit")
+    args = parser.parse_args(argv)
+    if args.steps is not None and args.steps < 2:
+        parser.error("--steps: at least 2 (step 1 is excluded from tokens/s)")
+    if args.shape and args.suite != "gpu":
+        parser.error("--shape: only with --suite gpu")
+    return args
+
+
+def select(rows: list[Scenario], only: str | None) -> list[Scenario]:
+    if not only:
+        return rows
+    wanted = {name.strip() for name in only.split(",") if name.strip()}
+    unknown = wanted - {row.name for row in rows}
+    if unknown:
+        raise SystemExit(f"error: --only: unknown row(s) {', '.join(sorted(unknown))}; "
+                         f"this suite has {', '.join(row.name for row in rows)}")
+    wanted |= {row.baseline for row in rows if row.name in wanted and row.baseline}
+    return [row for row in rows if row.name in wanted]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    args = parse_args(argv)
+    cuda = torch.cuda.is_available()
+    steps = args.steps or DEFAULT_STEPS[args.suite]
+    threads = args.threads or int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    if args.suite == "gpu":
+        seq_length = args.seq_length or 2048
+        model = args.model or ("<random " + (args.shape or "llama-3.2-1b") + ">")
+        qlora_shape = args.qlora_shape or ("llama-3.1-8b" if cuda else None)
+    else:
+        seq_length = args.seq_length or int(recipe_defaults()["seq_length"])
+        model = args.model or "smollm2-135m-instruct"
+        qlora_shape = None
+
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{args.suite}-"))
+    data_dir = workdir / "hotel"  # the embedded train split, byte for byte, as the only file of a dataset dir
+    data_dir.mkdir()
+    shutil.copyfile(HOTEL_TRAIN, data_dir / "train.jsonl")
+    model_path = model
+    if args.suite == "gpu" and not args.model:
+        model_path = "<built on run>" if args.dry_run else random_model(args.shape or "llama-3.2-1b")
+    elif not args.dry_run:
+        from recipekit import models
+
+        model_path = models.resolve(model)  # the peer needs a path; prepared once, outside the timings
+    qlora_path = None
+    if qlora_shape:
+        qlora_path = "<built on run>" if args.dry_run else random_model(qlora_shape)
+    rows = select(plan(args.suite, workdir, data_dir, model_path, seq_length, steps, cuda, qlora_path, qlora_shape),
+                  args.only)
+    if args.dry_run:
+        for row in rows:
+            print(f"{row.name}: {' '.join(f'{k}={v}' for k, v in row.env.items())} "
+                  f"{shlex.join(['python', *row.argv])}")
+        shutil.rmtree(workdir, ignore_errors=True)
+        return 0
+
+    peak = args.peak_tflops or flops.peak_tflops(torch.cuda.get_device_name() if cuda else None)
+    started, load_before = time.monotonic(), os.getloadavg()
+    try:
+        done: dict[str, dict[str, Any]] = {}
+        for scenario in rows:
+            probe = run_scenario(scenario, workdir, threads, args.timeout)
+            done[scenario.name] = summarize(scenario, probe, peak)
+            print(f"[bench] {scenario.name}: {done[scenario.name]['tokens_per_s']:,.0f} tokens/s", flush=True)
+        for row in done.values():
+            base = done.get(row["baseline"]) if row["baseline"] else None
+            row["ratio_vs_peer"] = row["tokens_per_s"] / base["tokens_per_s"] if base else None
+    finally:
+        if args.keep:
+            print(f"[bench] work dir kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    date = time.strftime("%Y-%m-%d")
+    result = {
+        "schema": 1, "suite": args.suite, "date": date, "command": shlex.join(["python", "-m", "bench.run",
+                                                                                 *(argv or sys.argv[1:])]),
+        "model": model, "seq_length": seq_length, "steps": steps, "peak_tflops": peak,
+        "load_before": list(load_before), "load_after": list(os.getloadavg()),
+        "wall_s": time.monotonic() - started, "environment": environment(threads),
+        "flops_convention": flops.__doc__.strip(), "rows": list(done.values()),
+    }
+    result["goals"] = goals(args.suite, done)
+    stem = slug(result["environment"]["host"]) + f"-{date}" + ("" if args.suite == "cpu" else f"-{args.suite}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    table = markdown(result)
+    (args.out / f"{stem}.md").write_text(table)
+    print(table)
+    print(f"[bench] wrote {args.out / stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
