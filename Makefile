@@ -4,8 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock requirements-dev.lock pyproject.toml | cksum | cut -d' ' -f1)
 DEMO_OUTPUT ?= outputs/demo
-# pytest-xdist workers: the tiny-model recipe runs are mostly single-threaded Python, so two share 2 cores well.
-TEST_WORKERS ?= 2
+# pytest-xdist workers: the tiny-model recipe runs are mostly single-threaded Python, and the Slurm
+# tests mostly wait on the cluster, so three workers keep 2 cores busy. --dist loadfile keeps each
+# test file in one worker: one Slurm cluster at a time, and a module's trained fixture built once.
+TEST_WORKERS ?= 3
 
 .PHONY: help venv demo test test-gpu lock clean images bench
 
@@ -31,7 +33,7 @@ demo: venv
 	$(BIN)/launcher run recipes/sft --set output_dir=$(DEMO_OUTPUT)
 
 test: venv
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-gpu: venv
 	RECIPES_TEST_DEVICE=cuda $(BIN)/python -m pytest -q -m "gpu"

@@ -268,12 +268,15 @@ def environment(threads: int) -> dict[str, Any]:
         except md.PackageNotFoundError:
             versions[package] = None
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    # Local changes under the measured code make the commit alone an incomplete record.
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "bench", "recipekit", "recipes"], cwd=REPO,
+                           capture_output=True, text=True).stdout.strip()
     return {
         "host": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
         "cpu": cpu, "logical_cpus": os.cpu_count(), "physical_cores": psutil.cpu_count(logical=False),
         "memory_bytes": psutil.virtual_memory().total, "threads": threads,
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "versions": versions, "git_commit": commit or None,
+        "versions": versions, "git_commit": commit or None, "git_dirty": bool(dirty) if commit else None,
     }
 
 

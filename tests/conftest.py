@@ -14,9 +14,14 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # `make test` runs two pytest workers side by side; one math thread each keeps the recipes they
-    # start from oversubscribing the cores (OpenMP threads that spin-wait slow down several-fold).
+    # `make test` runs several pytest workers side by side; one math thread each keeps the recipes
+    # they start from oversubscribing the cores (OpenMP threads that spin-wait slow down several-fold).
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_collection_modifyitems(items):
+    """Slow modules first, so the parallel workers never end on one long test while the others idle."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")

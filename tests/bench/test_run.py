@@ -84,6 +84,7 @@ def test_flops_follow_the_stated_conventions():
     assert flops.peak_tflops("NVIDIA H100 80GB HBM3") == 989.4 and flops.peak_tflops("NVIDIA H100 PCIe") == 756.0
 
 
+@pytest.mark.slow
 def test_gpu_path_runs_on_cpu_with_a_tiny_model_and_writes_real_numbers(tmp_path):
     """The GPU suite's path end to end (random model from a config, peer + recipe, MFU), on a CPU."""
     import torch

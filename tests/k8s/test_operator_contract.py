@@ -33,10 +33,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from launcher import k8s
 from tests.conftest import REPO, run_launcher
+
+pytestmark = pytest.mark.slow  # trains a real model (make test runs these first)
 
 PATHS = {"/opt/ft-recipes": str(REPO)}  # container path -> this machine (more are added per test)
 TIMEOUT = 600

@@ -11,6 +11,9 @@ import pytest
 
 from tests.conftest import logged_losses, read_metrics, run_launcher
 
+pytestmark = pytest.mark.slow  # trains real models (make test runs these first)
+
+
 HANDBOOK = Path(__file__).resolve().parents[2] / "recipekit" / "datasets" / "hotel"
 BLOCK = 64
 

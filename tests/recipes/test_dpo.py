@@ -11,6 +11,9 @@ import pytest
 from tests.conftest import logged_losses, read_metrics, run_launcher
 
 # The user-data path: local JSONL files whose columns are not named prompt/chosen/rejected.
+pytestmark = pytest.mark.slow  # trains real models (make test runs these first)
+
+
 FIELDS = {"prompt_field": "question", "chosen_field": "good", "rejected_field": "bad"}
 
 

@@ -11,9 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import REPO, read_metrics, run_launcher
+
+pytestmark = pytest.mark.slow  # trains real models (make test runs these first)
+
 
 TINY_TRIALS = ["bf16=false", "max_steps=4", "eval_every_steps=2", "learning_rate=3e-3", "batch_size=2",
                "logging_steps=1", "save_steps=100", "tpe_n_startup_trials=2"]

@@ -13,6 +13,9 @@ import pytest
 
 from tests.conftest import REPO, logged_losses, read_metrics, run_launcher
 
+pytestmark = pytest.mark.slow  # trains real models (make test runs these first)
+
+
 RECIPE = REPO / "recipes" / "pipeline-parallel" / "train.py"
 
 

@@ -10,6 +10,9 @@ import pytest
 from tests.conftest import logged_losses, read_metrics, run_launcher
 
 
+pytestmark = pytest.mark.slow  # trains real models (make test runs these first)
+
+
 def sft(output_dir: Path, tiny_model: str, small_hotel: dict, *extra: str, nproc: int = 1, recipe: str = "sft"):
     """Run an SFT-style recipe on the tiny model and a slice of the hotel data; fail with its output."""
     overrides = [f"model_name={tiny_model}", f"dataset_name={small_hotel['train']}",

@@ -9,6 +9,9 @@ from tests.conftest import logged_losses, read_metrics, run_launcher
 from tests.recipes.test_sft import sft
 
 
+pytestmark = pytest.mark.slow  # trains real models (make test runs these first)
+
+
 def fsdp(out, tiny_model, small_hotel, *extra, nproc: int = 2):
     return sft(out, tiny_model, small_hotel, "eval_answer_field=null", *extra, nproc=nproc, recipe="sft-fsdp")
 

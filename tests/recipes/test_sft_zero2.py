@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from recipekit import deepspeed_ops
 
 from tests.conftest import logged_losses, read_metrics, run_launcher
 from tests.recipes.test_sft import sft
+
+pytestmark = pytest.mark.slow  # trains real models (make test runs these first)
 
 
 def zero2(out, tiny_model, small_hotel, *extra):

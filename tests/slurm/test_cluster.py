@@ -21,8 +21,8 @@ import pytest
 
 from tests.conftest import REPO, read_metrics, run_launcher
 
-# One cluster: with `make test`'s parallel workers, these tests all run in the same worker.
-pytestmark = pytest.mark.xdist_group("slurm-cluster")
+# Real jobs, run first by make test, whose workers split the suite by file: one cluster, one worker.
+pytestmark = pytest.mark.slow
 
 STEPS = 24
 TINY = ["eval_split=null", "eval_answer_field=null", "bf16=false", "batch_size=2", "logging_steps=1",
