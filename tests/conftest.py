@@ -20,8 +20,13 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 
 def pytest_collection_modifyitems(items):
-    """Slow modules first, so the parallel workers never end on one long test while the others idle."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """Longest modules first (``slow(minutes=N)``), so the parallel workers finish together instead of
+    one of them ending on a long module while the others idle."""
+    def minutes(item) -> float:
+        mark = item.get_closest_marker("slow")
+        return 0 if mark is None else mark.kwargs.get("minutes", 1)
+
+    items.sort(key=lambda item: -minutes(item))
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,7 @@ import yaml
 from launcher import k8s
 from tests.conftest import REPO, run_launcher
 
-pytestmark = pytest.mark.slow  # trains a real model (make test runs these first)
+pytestmark = pytest.mark.slow(minutes=1)  # trains a real model; make test starts the longest first
 
 PATHS = {"/opt/ft-recipes": str(REPO)}  # container path -> this machine (more are added per test)
 TIMEOUT = 600

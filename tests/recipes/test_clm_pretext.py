@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import logged_losses, read_metrics, run_launcher
 
-pytestmark = pytest.mark.slow  # trains real models (make test runs these first)
+pytestmark = pytest.mark.slow(minutes=1)  # trains real models; make test starts the longest first
 
 
 HANDBOOK = Path(__file__).resolve().parents[2] / "recipekit" / "datasets" / "hotel"

@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import logged_losses, read_metrics, run_launcher
 
 # The user-data path: local JSONL files whose columns are not named prompt/chosen/rejected.
-pytestmark = pytest.mark.slow  # trains real models (make test runs these first)
+pytestmark = pytest.mark.slow(minutes=1)  # trains real models; make test starts the longest first
 
 
 FIELDS = {"prompt_field": "question", "chosen_field": "good", "rejected_field": "bad"}

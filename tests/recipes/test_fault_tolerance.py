@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import REPO, read_metrics
 
-pytestmark = pytest.mark.slow  # trains real models (make test runs these first)
+pytestmark = pytest.mark.slow(minutes=3)  # trains real models; make test starts the longest first
 
 
 TINY_RUN = ["eval_split=null", "bf16=false", "batch_size=2", "learning_rate=3e-3", "logging_steps=1", "save_steps=2",

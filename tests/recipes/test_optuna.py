@@ -16,7 +16,7 @@ import yaml
 
 from tests.conftest import REPO, read_metrics, run_launcher
 
-pytestmark = pytest.mark.slow  # trains real models (make test runs these first)
+pytestmark = pytest.mark.slow(minutes=1.5)  # trains real models; make test starts the longest first
 
 
 TINY_TRIALS = ["bf16=false", "max_steps=4", "eval_every_steps=2", "learning_rate=3e-3", "batch_size=2",

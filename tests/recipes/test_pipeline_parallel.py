@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import REPO, logged_losses, read_metrics, run_launcher
 
-pytestmark = pytest.mark.slow  # trains real models (make test runs these first)
+pytestmark = pytest.mark.slow(minutes=2)  # trains real models; make test starts the longest first
 
 
 RECIPE = REPO / "recipes" / "pipeline-parallel" / "train.py"

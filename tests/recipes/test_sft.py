@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import logged_losses, read_metrics, run_launcher
 
 
-pytestmark = pytest.mark.slow  # trains real models (make test runs these first)
+pytestmark = pytest.mark.slow(minutes=2)  # trains real models; make test starts the longest first
 
 
 def sft(output_dir: Path, tiny_model: str, small_hotel: dict, *extra: str, nproc: int = 1, recipe: str = "sft"):

@@ -9,7 +9,7 @@ from tests.conftest import logged_losses, read_metrics, run_launcher
 from tests.recipes.test_sft import sft
 
 
-pytestmark = pytest.mark.slow  # trains real models (make test runs these first)
+pytestmark = pytest.mark.slow(minutes=1)  # trains real models; make test starts the longest first
 
 
 def fsdp(out, tiny_model, small_hotel, *extra, nproc: int = 2):

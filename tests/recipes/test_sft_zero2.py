@@ -11,7 +11,7 @@ from recipekit import deepspeed_ops
 from tests.conftest import logged_losses, read_metrics, run_launcher
 from tests.recipes.test_sft import sft
 
-pytestmark = pytest.mark.slow  # trains real models (make test runs these first)
+pytestmark = pytest.mark.slow(minutes=2)  # trains real models; make test starts the longest first
 
 
 def zero2(out, tiny_model, small_hotel, *extra):

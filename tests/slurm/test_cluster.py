@@ -21,8 +21,9 @@ import pytest
 
 from tests.conftest import REPO, read_metrics, run_launcher
 
-# Real jobs, run first by make test, whose workers split the suite by file: one cluster, one worker.
-pytestmark = pytest.mark.slow
+# Real jobs, mostly waiting on the cluster, so make test starts them first; its workers split the
+# suite by file, so one worker runs them all against one cluster.
+pytestmark = pytest.mark.slow(minutes=4)
 
 STEPS = 24
 TINY = ["eval_split=null", "eval_answer_field=null", "bf16=false", "batch_size=2", "logging_steps=1",
