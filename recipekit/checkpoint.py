@@ -148,3 +148,16 @@ def trainer_callback(stopper: StopOnSignal):
             return control
 
     return SaveAndStop()
+
+
+def keep_in_history(row: dict):
+    """A callback that puts the pre-training eval (``row``, filled in later) at the top of the log history,
+    so it is saved in every checkpoint and a resumed run can still report it."""
+    from transformers import TrainerCallback
+
+    class KeepEvalBefore(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if row and state.global_step == 0 and row not in state.log_history:
+                state.log_history.insert(0, dict(row))
+
+    return KeepEvalBefore()

@@ -189,7 +189,7 @@ def train(cfg: Config, blocks: Blocks, tokenizer, model_path: str, token: str | 
         if distributed.is_main():
             model.print_trainable_parameters()
     stop_callback, before_row = checkpoint.trainer_callback(stopper), {}
-    trainer = build_trainer(cfg, blocks, tokenizer, model, [stop_callback, keep_in_history(before_row)])
+    trainer = build_trainer(cfg, blocks, tokenizer, model, [stop_callback, checkpoint.keep_in_history(before_row)])
 
     # Measure the starting point, then train, resuming from the newest complete checkpoint.
     resume_from = checkpoint.latest_complete(cfg.output_dir) if cfg.resume else None
@@ -294,18 +294,6 @@ def causal_collate(rows: list[dict]) -> dict:
     ids = torch.tensor([row["input_ids"] for row in rows], dtype=torch.long)
     return {"input_ids": ids, "labels": ids.clone()}
 
-
-def keep_in_history(row: dict):
-    """A callback that puts the pre-training eval (``row``, filled in later) at the top of the log history,
-    so it is saved in every checkpoint and a resumed run can still report it."""
-    from transformers import TrainerCallback
-
-    class KeepEvalBefore(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            if row and state.global_step == 0 and row not in state.log_history:
-                state.log_history.insert(0, dict(row))
-
-    return KeepEvalBefore()
 
 
 def perplexity(loss: float) -> float:

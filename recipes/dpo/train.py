@@ -200,7 +200,7 @@ def train(cfg: Config, pairs: Pairs, model_path: str, tokenizer, token: str | No
         model=model, ref_model=None, args=args, processing_class=tokenizer,
         train_dataset=pairs.train, eval_dataset=pairs.eval,
         peft_config=hf.lora_config(cfg, model) if cfg.use_peft else None,
-        callbacks=[checkpoint.trainer_callback(stopper), keep_in_history(before_row)],
+        callbacks=[checkpoint.trainer_callback(stopper), checkpoint.keep_in_history(before_row)],
     )
     if trainer.args.device.type == "cpu":
         for scorer in (trainer.model, trainer.ref_model):
@@ -249,18 +249,6 @@ def train(cfg: Config, pairs: Pairs, model_path: str, tokenizer, token: str | No
         tokenizer.push_to_hub(cfg.hub_model_id, token=token)
     return metrics
 
-
-def keep_in_history(row: dict):
-    """A callback that puts the pre-training eval (``row``, filled in later) at the top of the log history,
-    so it is saved in every checkpoint and a resumed run can still report it."""
-    from transformers import TrainerCallback
-
-    class KeepEvalBefore(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            if row and state.global_step == 0 and row not in state.log_history:
-                state.log_history.insert(0, dict(row))
-
-    return KeepEvalBefore()
 
 
 def plain_lm_head(model) -> None:
