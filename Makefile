@@ -19,10 +19,20 @@ help:
 	@echo "make lock      re-resolve requirements.lock / requirements-dev.lock"
 	@echo "make images    build the CUDA and CPU container images (docker, podman or buildah; images/README.md)"
 
+# The locks are installed with uv (pinned in requirements-dev.lock): seconds instead of pip's
+# minute and a half of unpacking one wheel at a time. uv does not read pip's configuration, so it
+# gets pip's find-links (where a local CPU torch wheel may be); if uv cannot install, pip does.
+# (Recursive variables: evaluated only when the venv is built.)
+UV_PIN = $(shell grep -m1 '^uv==' requirements-dev.lock)
+FIND_LINKS = $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^[^=]*find-links='\(.*\)'$$/\1/p")
+UV_INSTALL = $(BIN)/uv pip install -q --python $(BIN)/python --no-deps $(foreach d,$(sort $(FIND_LINKS)),--find-links $(d))
+PIP_INSTALL := $(BIN)/python -m pip install -q --disable-pip-version-check --no-deps
+
 $(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements.lock -r requirements-dev.lock
-	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PIP_INSTALL) $(UV_PIN) && $(UV_INSTALL) -r requirements.lock -r requirements-dev.lock \
+	  || $(PIP_INSTALL) -r requirements.lock -r requirements-dev.lock
+	$(PIP_INSTALL) --no-build-isolation -e .
 	rm -f $(VENV)/.installed-*
 	touch $@
 
