@@ -52,8 +52,39 @@ def use_pinned_ninja() -> None:
         os.environ["PATH"] = os.pathsep.join([scripts, *rest])
 
 
-def prepare(offload_optimizer: bool) -> None:
-    """Build (or load) the ops a ZeRO run needs before DeepSpeed asks for them.
+def _adam(ds_config: dict) -> dict | None:
+    """The config's optimizer section if DeepSpeed builds Adam or AdamW from it."""
+    optimizer = ds_config.get("optimizer", {})
+    return optimizer if str(optimizer.get("type", "")).lower() in ("adam", "adamw") else None
+
+
+def _offloads_optimizer(ds_config: dict) -> bool:
+    return ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "cpu"
+
+
+def use_torch_adamw(ds_config: dict) -> None:
+    """On the CPU accelerator: have DeepSpeed build torch's fused AdamW instead of its own CPU fused
+    Adam, which first compiles for over a minute and steps no faster (72 vs 69 ms for 135M
+    parameters on 2 cores). A ``torch_adam`` the config sets is kept, and offloaded optimizer
+    states keep DeepSpeed's CPU Adam."""
+    optimizer = _adam(ds_config)
+    if optimizer is not None and not _offloads_optimizer(ds_config):
+        params = optimizer.setdefault("params", {})
+        if "torch_adam" not in params:
+            params.update(torch_adam=True, fused=True)
+
+
+def ops_for(ds_config: dict) -> list[str]:
+    """The op builders a run with this config loads: DeepSpeed's Adam unless torch's is asked for,
+    and the shared-memory all-reduce (which DeepSpeed's comm layer loads on CPU)."""
+    optimizer = _adam(ds_config)
+    if optimizer is None or optimizer.get("params", {}).get("torch_adam"):
+        return ["ShareMemCommBuilder"]
+    return ["CPUAdamBuilder" if _offloads_optimizer(ds_config) else "FusedAdamBuilder", "ShareMemCommBuilder"]
+
+
+def prepare(ds_config: dict) -> None:
+    """Build (or load) the ops a ZeRO run with this config needs before DeepSpeed asks for them.
 
     DeepSpeed keeps every loaded op in a per-process table, so its own later loads return these
     modules and never touch the lock files again.
@@ -71,10 +102,9 @@ def prepare(offload_optimizer: bool) -> None:
         guard = open(root / ".build.flock", "w")
     os.environ["TORCH_EXTENSIONS_DIR"] = str(root)
     use_pinned_ninja()
-    wanted = ["CPUAdamBuilder" if offload_optimizer else "FusedAdamBuilder", "ShareMemCommBuilder"]
     with guard:
         fcntl.flock(guard, fcntl.LOCK_EX)
-        for name in wanted:
+        for name in ops_for(ds_config):
             builder = get_accelerator().create_op_builder(name)
             if builder is None or not builder.is_compatible(verbose=False):
                 continue

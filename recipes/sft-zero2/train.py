@@ -85,7 +85,9 @@ def main(cfg: Config, check_only: bool) -> None:
 
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    deepspeed_ops.prepare(cfg.offload_optimizer)
+    if os.environ.get("DS_ACCELERATOR") == "cpu":
+        deepspeed_ops.use_torch_adamw(ds)
+    deepspeed_ops.prepare(ds)
     if distributed.is_main():
         outputs.write_atomic(Path(cfg.output_dir) / "deepspeed_config.json", json.dumps(ds, indent=2) + "\n")
     sft.train(cfg, splits, token, recipe="sft-zero2", deepspeed=ds)

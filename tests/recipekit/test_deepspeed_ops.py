@@ -33,3 +33,28 @@ def test_each_install_gets_its_own_build_dir(monkeypatch):
     assert deepspeed_ops.extensions_dir() != mine
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/chosen/by/user")
     assert deepspeed_ops.extensions_dir() == Path("/chosen/by/user")
+
+
+def zero2(optimizer: dict | None, offload: str = "none") -> dict:
+    ds = {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": offload}}}
+    return ds if optimizer is None else {**ds, "optimizer": optimizer}
+
+
+def test_on_cpu_adamw_becomes_torchs_fused_adamw_and_only_the_comm_op_is_built():
+    ds = zero2({"type": "AdamW", "params": {"lr": 1e-3}})
+    assert deepspeed_ops.ops_for(ds) == ["FusedAdamBuilder", "ShareMemCommBuilder"]
+    deepspeed_ops.use_torch_adamw(ds)
+    assert ds["optimizer"]["params"] == {"lr": 1e-3, "torch_adam": True, "fused": True}
+    assert deepspeed_ops.ops_for(ds) == ["ShareMemCommBuilder"]
+
+
+def test_a_users_own_choice_and_offloaded_states_keep_deepspeeds_adam():
+    chosen = zero2({"type": "Adam", "params": {"torch_adam": False}})
+    deepspeed_ops.use_torch_adamw(chosen)
+    assert chosen["optimizer"]["params"] == {"torch_adam": False}
+    assert deepspeed_ops.ops_for(chosen) == ["FusedAdamBuilder", "ShareMemCommBuilder"]
+    offloaded = zero2({"type": "AdamW"}, offload="cpu")
+    deepspeed_ops.use_torch_adamw(offloaded)
+    assert "params" not in offloaded["optimizer"]
+    assert deepspeed_ops.ops_for(offloaded) == ["CPUAdamBuilder", "ShareMemCommBuilder"]
+    assert deepspeed_ops.ops_for(zero2(None)) == ["ShareMemCommBuilder"]  # the Trainer's own optimizer
