@@ -8,6 +8,7 @@ line per problem instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import sys
@@ -59,7 +60,8 @@ def run(main: Callable[[Any, bool], None], config_cls: type, description: str, r
     try:
         cfg = configlib.load(config_cls, args.config, args.overrides)
         if args.check:
-            main(cfg, True)
+            with stdout_to_stderr():
+                main(cfg, True)
             sys.stdout.write(configlib.dump_yaml(cfg))
             return
         main(cfg, False)
@@ -72,6 +74,22 @@ def run(main: Callable[[Any, bool], None], config_cls: type, description: str, r
         sys.exit(EXIT_PREEMPTED)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Send everything written to stdout (by Python or by native code, at the file descriptor) to
+    stderr: a check's stdout is the resolved config alone, which the launcher ships to the job."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def import_recipe(path: Path):
