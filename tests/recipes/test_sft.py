@@ -17,7 +17,7 @@ def sft(output_dir: Path, tiny_model: str, small_hotel: dict, *extra: str, nproc
     """Run an SFT-style recipe on the tiny model and a slice of the hotel data; fail with its output."""
     overrides = [f"model_name={tiny_model}", f"dataset_name={small_hotel['train']}",
                  f"eval_dataset_name={small_hotel['eval']}", f"output_dir={output_dir}", "max_steps=8",
-                 "learning_rate=3e-3", "batch_size=2", "logging_steps=1", "save_steps=4", "bf16=false",
+                 "learning_rate=3e-3", "batch_size=2", "seq_length=96", "logging_steps=1", "save_steps=4", "bf16=false",
                  "eval_max_new_tokens=8", *extra]
     args = ["run", f"recipes/{recipe}", "--nproc", str(nproc)]
     for item in overrides:

@@ -26,7 +26,7 @@ from tests.conftest import REPO, read_metrics, run_launcher
 pytestmark = pytest.mark.slow(minutes=4)
 
 STEPS = 24
-TINY = ["eval_split=null", "eval_answer_field=null", "bf16=false", "batch_size=2", "logging_steps=1",
+TINY = ["eval_split=null", "eval_answer_field=null", "bf16=false", "batch_size=2", "seq_length=96", "logging_steps=1",
         "save_steps=4", "save_total_limit=null", f"max_steps={STEPS}"]
 
 
