@@ -7,6 +7,8 @@ DEMO_OUTPUT ?= outputs/demo
 # pytest-xdist workers: the tiny-model recipe runs are mostly single-threaded Python, and the Slurm
 # tests mostly wait on the cluster, so three workers keep 2 cores busy. --dist loadfile keeps each
 # test file in one worker: one Slurm cluster at a time, and a module's trained fixture built once.
+# --no-loadscope-reorder keeps the order tests/conftest.py gives (longest modules first) instead of
+# xdist's own (modules with the most tests first), which left the few long ones for the end.
 TEST_WORKERS ?= 3
 
 .PHONY: help venv demo test test-gpu lock clean images bench
@@ -45,7 +47,7 @@ demo: venv
 	$(BIN)/launcher run recipes/sft --set output_dir=$(DEMO_OUTPUT)
 
 test: venv
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-gpu: venv
 	RECIPES_TEST_DEVICE=cuda $(BIN)/python -m pytest -q -m "gpu"
