@@ -13,6 +13,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Block length of the tiny-model training runs: every hotel example fits one (the longest is 89
+# tokens), and the tiny model's 49k-word LM head then costs well under half what it does at 256.
+TINY_SEQ_LENGTH = 96
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs several pytest workers side by side; one math thread each keeps the recipes
     # they start from oversubscribing the cores (OpenMP threads that spin-wait slow down several-fold).

@@ -295,7 +295,6 @@ def causal_collate(rows: list[dict]) -> dict:
     return {"input_ids": ids, "labels": ids.clone()}
 
 
-
 def perplexity(loss: float) -> float:
     try:
         return math.exp(loss)

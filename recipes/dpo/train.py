@@ -250,7 +250,6 @@ def train(cfg: Config, pairs: Pairs, model_path: str, tokenizer, token: str | No
     return metrics
 
 
-
 def plain_lm_head(model) -> None:
     """On CPU, answer TRL's ``fused_lm_head=True`` calls from the model's own logits of the scored positions.
 

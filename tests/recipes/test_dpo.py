@@ -10,10 +10,9 @@ import pytest
 
 from tests.conftest import logged_losses, read_metrics, run_launcher
 
-# The user-data path: local JSONL files whose columns are not named prompt/chosen/rejected.
 pytestmark = pytest.mark.slow(minutes=1)  # trains real models; make test starts the longest first
 
-
+# The user-data path: local JSONL files whose columns are not named prompt/chosen/rejected.
 FIELDS = {"prompt_field": "question", "chosen_field": "good", "rejected_field": "bad"}
 
 

@@ -11,15 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, read_metrics
+from tests.conftest import REPO, TINY_SEQ_LENGTH, read_metrics
 
 pytestmark = pytest.mark.slow(minutes=3)  # trains real models; make test starts the longest first
 
 
-# 96-token blocks: every hotel example fits one (the longest is 89 tokens), and the tiny model's 49k-word
-# LM head then costs well under half what it does at the configs' 256.
-TINY_RUN = ["eval_split=null", "bf16=false", "batch_size=2", "seq_length=96", "learning_rate=3e-3", "logging_steps=1",
-            "save_steps=2", "save_total_limit=null"]
+TINY_RUN = ["eval_split=null", "bf16=false", "batch_size=2", f"seq_length={TINY_SEQ_LENGTH}", "learning_rate=3e-3",
+            "logging_steps=1", "save_steps=2", "save_total_limit=null"]
 
 
 def launch(recipe: str, output_dir: Path, tiny_model: str, small_hotel: dict, *extra: str, nproc: int = 1):

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, read_metrics, run_launcher
+from tests.conftest import REPO, TINY_SEQ_LENGTH, read_metrics, run_launcher
 
 pytestmark = pytest.mark.slow(minutes=1.5)  # trains real models; make test starts the longest first
 
 
-TINY_TRIALS = ["bf16=false", "max_steps=4", "eval_every_steps=2", "learning_rate=3e-3", "batch_size=2", "seq_length=96",
-               "logging_steps=1", "save_steps=100", "tpe_n_startup_trials=2"]
+TINY_TRIALS = ["bf16=false", "max_steps=4", "eval_every_steps=2", "learning_rate=3e-3", "batch_size=2",
+               f"seq_length={TINY_SEQ_LENGTH}", "logging_steps=1", "save_steps=100", "tpe_n_startup_trials=2"]
 BASE_VALUES = {"learning_rate": 3e-3, "peft_lora_r": 16, "peft_lora_alpha": 32, "peft_lora_dropout": 0.0,
                "weight_decay": 0.0, "warmup_ratio": 0.05, "batch_size": 2, "lr_scheduler_type": "cosine"}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import logged_losses, read_metrics, run_launcher
+from tests.conftest import TINY_SEQ_LENGTH, logged_losses, read_metrics, run_launcher
 
 
 pytestmark = pytest.mark.slow(minutes=2)  # trains real models; make test starts the longest first
@@ -17,8 +17,8 @@ def sft(output_dir: Path, tiny_model: str, small_hotel: dict, *extra: str, nproc
     """Run an SFT-style recipe on the tiny model and a slice of the hotel data; fail with its output."""
     overrides = [f"model_name={tiny_model}", f"dataset_name={small_hotel['train']}",
                  f"eval_dataset_name={small_hotel['eval']}", f"output_dir={output_dir}", "max_steps=8",
-                 "learning_rate=3e-3", "batch_size=2", "seq_length=96", "logging_steps=1", "save_steps=4", "bf16=false",
-                 "eval_max_new_tokens=8", *extra]
+                 "learning_rate=3e-3", "batch_size=2", f"seq_length={TINY_SEQ_LENGTH}", "logging_steps=1",
+                 "save_steps=4", "bf16=false", "eval_max_new_tokens=8", *extra]
     args = ["run", f"recipes/{recipe}", "--nproc", str(nproc)]
     for item in overrides:
         args += ["--set", item]

@@ -19,15 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, read_metrics, run_launcher
+from tests.conftest import REPO, TINY_SEQ_LENGTH, read_metrics, run_launcher
 
 # Real jobs, mostly waiting on the cluster, so make test starts them first; its workers split the
 # suite by file, so one worker runs them all against one cluster.
 pytestmark = pytest.mark.slow(minutes=4)
 
 STEPS = 24
-TINY = ["eval_split=null", "eval_answer_field=null", "bf16=false", "batch_size=2", "seq_length=96", "logging_steps=1",
-        "save_steps=4", "save_total_limit=null", f"max_steps={STEPS}"]
+TINY = ["eval_split=null", "eval_answer_field=null", "bf16=false", "batch_size=2", f"seq_length={TINY_SEQ_LENGTH}",
+        "logging_steps=1", "save_steps=4", "save_total_limit=null", f"max_steps={STEPS}"]
 
 
 def submit(*args: str) -> str:
