@@ -13,6 +13,7 @@ from typing import Literal, Optional, Union
 from recipekit import models, secrets
 from recipekit.config import option
 
+POLYNOMIAL_LR_END = 1e-7  # where transformers' polynomial schedule ends (its default)
 Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                     "constant_with_warmup", "inverse_sqrt"]
 
@@ -98,6 +99,9 @@ class TrainingOptions:
             problems.append("bf16: cannot be combined with fp16; pick one")
         if self.push_to_hub and not self.hub_model_id:
             problems.append("hub_model_id: required when push_to_hub is true")
+        if self.lr_scheduler_type == "polynomial" and self.learning_rate <= POLYNOMIAL_LR_END:
+            problems.append(f"learning_rate: the polynomial schedule decays to {POLYNOMIAL_LR_END}, so the learning "
+                            f"rate must be larger; got {self.learning_rate}")
         for pattern, factor in self.lr_multipliers.items():
             try:
                 re.compile(pattern)

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from recipekit import checkpoint, distributed, entry, hf, models, outputs, sft_data
+from recipekit import checkpoint, distributed, entry, hf, loop, models, outputs, sft_data
 from recipekit.config import option
 from recipekit.errors import Preempted, UsageError
 from recipekit.schema import ModelOptions, TrainingOptions
@@ -198,13 +198,12 @@ def make_optimizer(stage: Stage, cfg: Config) -> torch.optim.Optimizer:
 
 def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | None, num_layers: int) -> None:
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
-    from transformers import get_scheduler
 
     # Build: process group, data, this rank's stage, its optimizer and the schedule.
     stopper = checkpoint.StopOnSignal()
     device = distributed.init_group()  # one process: a group of one, so the very same code path runs
     rank, world = dist.get_rank(), dist.get_world_size()
-    torch.manual_seed(cfg.seed)
+    loop.seed_everything(cfg.seed)
     tokenizer = hf.load_tokenizer(model_path, cfg, token)
     with distributed.main_first():
         train_rows = sft_data.tokenize(splits.train, tokenizer, cfg, splits.kind)
@@ -245,8 +244,7 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
     step_rows = cfg.batch_size * cfg.gradient_accumulation_steps
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(
         cfg.num_train_epochs * len(train_rows) / step_rows)
-    scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=math.ceil(
-        cfg.warmup_ratio * total_steps), num_training_steps=total_steps)
+    scheduler = loop.scheduler(cfg.lr_scheduler_type, optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
 
     def run_batch(batch: dict, losses: list, backward: bool) -> None:
         args = (batch["input_ids"].to(device),) if first else ()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recipekit import checkpoint, distributed, entry, hf, models, outputs, sft_data
+from recipekit import checkpoint, distributed, entry, hf, loop, models, outputs, sft_data
 from recipekit.config import option
 from recipekit.errors import DataError, Preempted
 from recipekit.schema import ModelOptions, TrainingOptions
@@ -295,12 +295,11 @@ def export(model, tokenizer, model_path: str, cfg: Config, token: str | None, de
 
 def train(cfg: Config, splits: sft_data.SFTData, token: str | None) -> dict:
     import torch
-    from transformers import get_scheduler, set_seed
 
     # Build: process group (a 1-rank group without torchrun), tokens, model, shards, optimizer, schedule.
     device = distributed.init_group()
     stopper = checkpoint.StopOnSignal()
-    set_seed(cfg.seed)
+    loop.seed_everything(cfg.seed)
     ws, model_path = distributed.world_size(), models.resolve(cfg.model_name)
     tokenizer = hf.load_tokenizer(model_path, cfg, token)
     with distributed.main_first():  # rank 0 tokenizes (and fills the datasets cache) first
@@ -321,8 +320,7 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None) -> dict:
     optimizer = make_optimizer(model, cfg)
     per_epoch = steps_per_epoch(len(train_items), cfg)
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * per_epoch)
-    scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * total),
-                              num_training_steps=total)
+    scheduler = loop.scheduler(cfg.lr_scheduler_type, optimizer, math.ceil(cfg.warmup_ratio * total), total)
     if resume_from is not None:
         state = load_checkpoint(resume_from, model, optimizer, scheduler, cfg)
         log.info("resumed at step %d (epoch %d, item %d of %d)", state["step"], state["epoch"],

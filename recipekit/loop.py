@@ -1,0 +1,65 @@
+"""What a hand-written training loop (sft-fsdp, pipeline-parallel) takes from transformers' Trainer
+stack, without importing it: seeding and the learning-rate schedules.
+
+``transformers.optimization`` and ``transformers.trainer_utils`` import peft and bitsandbytes,
+about a second of CPU in every rank before its first step. The schedules here are the curves of
+``transformers.get_scheduler`` for every ``lr_scheduler_type`` the config accepts (with its
+defaults: half a cosine, one hard restart, linear polynomial decay to 1e-7);
+tests/recipekit/test_loop.py compares them step by step.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+from typing import TYPE_CHECKING
+
+from recipekit.schema import POLYNOMIAL_LR_END
+
+if TYPE_CHECKING:
+    import torch
+
+INVERSE_SQRT_TIMESCALE = 10_000  # used when there is no warmup to take the time scale from
+
+
+def seed_everything(seed: int) -> None:
+    """Python's, NumPy's and torch's generators (every device's), as ``transformers.set_seed`` does."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_factor(name: str, step: int, warmup: int, total: int, lr_init: float) -> float:
+    """The multiple of the base learning rate at ``step`` (0-based) of a ``total``-step run."""
+    if step < warmup and name != "constant":
+        return step / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    if name == "constant" or name == "constant_with_warmup":
+        return 1.0
+    if name == "linear":
+        return max(0.0, (total - step) / max(1, total - warmup))
+    if name == "cosine":
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    if name == "cosine_with_restarts":
+        return 0.0 if progress >= 1.0 else max(0.0, 0.5 * (1.0 + math.cos(math.pi * (progress % 1.0))))
+    if name == "polynomial":
+        if step > total:
+            return POLYNOMIAL_LR_END / lr_init
+        return ((lr_init - POLYNOMIAL_LR_END) * (1 - progress) + POLYNOMIAL_LR_END) / lr_init
+    if name == "inverse_sqrt":
+        timescale = warmup or INVERSE_SQRT_TIMESCALE
+        return 1.0 / math.sqrt((step + timescale - warmup) / timescale)
+    raise ValueError(f"lr_scheduler_type: unknown schedule {name!r}")
+
+
+def scheduler(name: str, optimizer: torch.optim.Optimizer, warmup: int, total: int):
+    """A ``LambdaLR`` following ``name``; its state_dict is the one transformers' schedulers save.
+    (A polynomial schedule needs a learning rate above its end; the config's check says so.)"""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    lr_init = optimizer.defaults["lr"]
+    return LambdaLR(optimizer, functools.partial(lr_factor, name, warmup=warmup, total=total, lr_init=lr_init))
