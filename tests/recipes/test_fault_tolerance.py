@@ -83,6 +83,8 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_model, 
     assert code == 0, out[-3000:]
     resumed, uninterrupted = read_metrics(stopped), read_metrics(reference)
     assert resumed["resumed_from"] == str(stopped / f"checkpoint-{saved[-1]}")
+    # Every step logged once: the ones before the checkpoint come back from it, the rest are new.
+    assert [row["step"] for row in resumed["log_history"] if "loss" in row] == list(range(1, 25))
     last = lambda m: [r["loss"] for r in m["log_history"] if "loss" in r][-1]  # noqa: E731
     assert last(resumed) == pytest.approx(last(uninterrupted), rel=1e-6)
     assert_same_weights(final_weights(stopped), final_weights(reference))

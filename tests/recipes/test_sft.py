@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,11 @@ from tests.conftest import TINY_SEQ_LENGTH, logged_losses, read_metrics, run_lau
 pytestmark = pytest.mark.slow(minutes=2)  # trains real models; make test starts the longest first
 
 
-def sft(output_dir: Path, tiny_model: str, small_hotel: dict, *extra: str, nproc: int = 1, recipe: str = "sft"):
+CANARY = "hf_CANARY_7f3a9c1e5b"  # a Hub token's value, which must never be written anywhere
+
+
+def sft(output_dir: Path, tiny_model: str, small_hotel: dict, *extra: str, nproc: int = 1, recipe: str = "sft",
+        env: dict[str, str] | None = None):
     """Run an SFT-style recipe on the tiny model and a slice of the hotel data; fail with its output."""
     overrides = [f"model_name={tiny_model}", f"dataset_name={small_hotel['train']}",
                  f"eval_dataset_name={small_hotel['eval']}", f"output_dir={output_dir}", "max_steps=8",
@@ -22,18 +27,24 @@ def sft(output_dir: Path, tiny_model: str, small_hotel: dict, *extra: str, nproc
     args = ["run", f"recipes/{recipe}", "--nproc", str(nproc)]
     for item in overrides:
         args += ["--set", item]
-    result = run_launcher(*args)
+    result = run_launcher(*args, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
 
-def test_lora_trains_and_every_output_loads(tmp_path, tiny_model, small_hotel):
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_model, small_hotel):
+    """One LoRA run of 8 steps (checkpoints at 4 and 8) with a Hub token given by reference, shared below."""
+    out = tmp_path_factory.mktemp("sft") / "lora"
+    result = sft(out, tiny_model, small_hotel, "use_auth_token=HF_TOKEN", env={"HF_TOKEN": CANARY})
+    return out, result, read_metrics(out)
+
+
+def test_lora_trains_and_every_output_loads(lora_run):
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-    out = tmp_path / "lora"
-    result = sft(out, tiny_model, small_hotel)
-    metrics = read_metrics(out)
+    out, result, metrics = lora_run
     losses = logged_losses(metrics)
     assert len(losses) == 8 and losses[-1] < losses[0]
     assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
@@ -66,17 +77,18 @@ def test_full_fine_tuning(tmp_path, tiny_model, small_hotel):
     AutoModelForCausalLM.from_pretrained(out / "model")
 
 
-def test_rerun_resumes_from_the_newest_complete_checkpoint(tmp_path, tiny_model, small_hotel):
+def test_rerun_resumes_from_the_newest_complete_checkpoint(lora_run, tmp_path, tiny_model, small_hotel):
     out = tmp_path / "resume"
-    sft(out, tiny_model, small_hotel, "max_steps=4", "save_steps=2", "eval_answer_field=null")
-    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
-    assert state["global_step"] == 4 and (out / "checkpoint-4" / "COMPLETE").is_file()
-    sft(out, tiny_model, small_hotel, "max_steps=6", "save_steps=2", "eval_answer_field=null")
+    shutil.copytree(lora_run[0], out)
+    state = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())
+    assert state["global_step"] == 8 and (out / "checkpoint-8" / "COMPLETE").is_file()
+    sft(out, tiny_model, small_hotel, "max_steps=10", "save_steps=2", "eval_answer_field=null")
     metrics = read_metrics(out)
-    assert metrics["resumed_from"] == str(out / "checkpoint-4")
-    assert metrics["global_step"] == 6
+    assert metrics["resumed_from"] == str(out / "checkpoint-8")
+    assert metrics["global_step"] == 10 and (out / "checkpoint-10" / "COMPLETE").is_file()
     steps = [row["step"] for row in metrics["log_history"] if "loss" in row]
-    assert steps == [1, 2, 3, 4, 5, 6]  # steps 1-4 come from the checkpoint's history, 5-6 are new
+    assert steps == list(range(1, 11))  # steps 1-8 come from the checkpoint's history, 9-10 are new
+    assert logged_losses(metrics)[:8] == logged_losses(lora_run[2])
 
 
 def test_two_ddp_processes(tmp_path, tiny_model, small_hotel):
@@ -98,21 +110,19 @@ def test_lora_on_gpu_in_bf16(tmp_path, tiny_model, small_hotel):
     assert metrics["device"].startswith("cuda") and logged_losses(metrics)[-1] < logged_losses(metrics)[0]
 
 
-def test_token_never_reaches_rendered_jobs_outputs_or_logs(tmp_path, tiny_model, small_hotel, monkeypatch):
-    canary = "hf_CANARY_7f3a9c1e5b"
-    monkeypatch.setenv("HF_TOKEN", canary)
-    out = tmp_path / "secret"
-    result = sft(out, tiny_model, small_hotel, "use_auth_token=HF_TOKEN", "max_steps=2", "eval_answer_field=null")
-    assert canary not in result.stdout + result.stderr
-    leaked = [p for p in out.rglob("*") if p.is_file() and canary.encode() in p.read_bytes()]
+def test_token_never_reaches_rendered_jobs_outputs_or_logs(lora_run, monkeypatch):
+    out, result, _ = lora_run  # trained with HF_TOKEN set to CANARY: adapter, merged model, checkpoints, logs
+    assert CANARY not in result.stdout + result.stderr
+    leaked = [p for p in out.rglob("*") if p.is_file() and CANARY.encode() in p.read_bytes()]
     assert leaked == []
     assert "use_auth_token: HF_TOKEN" in (out / "resolved_config.yaml").read_text()  # the reference, not the value
 
-    refused = run_launcher("run", "recipes/sft", "--set", f"use_auth_token={canary}")
-    assert refused.returncode == 2 and canary not in refused.stdout + refused.stderr
+    monkeypatch.setenv("HF_TOKEN", CANARY)
+    refused = run_launcher("run", "recipes/sft", "--set", f"use_auth_token={CANARY}")
+    assert refused.returncode == 2 and CANARY not in refused.stdout + refused.stderr
 
     # Rendered cluster jobs carry the reference (an env var name, a Secret name), never the value.
     for backend in (["--backend", "slurm"], ["--backend", "k8s", "--hf-token-secret", "hf-token"]):
         rendered = run_launcher("render", "recipes/sft", *backend, "--nodes", "2", "--set", "use_auth_token=HF_TOKEN")
         assert rendered.returncode == 0, rendered.stderr
-        assert canary not in rendered.stdout + rendered.stderr and "HF_TOKEN" in rendered.stdout
+        assert CANARY not in rendered.stdout + rendered.stderr and "HF_TOKEN" in rendered.stdout
