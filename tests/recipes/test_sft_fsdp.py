@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 
 import pytest
 
@@ -37,14 +38,20 @@ def reply_loss(model_dir, eval_file: str) -> float:
     return total / count
 
 
-def test_two_ranks_train_and_the_export_is_the_trained_model(tmp_path, tiny_model, small_hotel):
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory, tiny_model, small_hotel):
+    """8 steps on 2 ranks with gradient checkpointing, checkpoints at steps 4 and 8; shared by the tests below."""
+    out = tmp_path_factory.mktemp("fsdp") / "two-ranks"
+    result = fsdp(out, tiny_model, small_hotel, "eval_answer_field=answer_key", "gradient_checkpointing=true")
+    return out, result, read_metrics(out)
+
+
+def test_two_ranks_train_and_the_export_is_the_trained_model(two_rank_run, small_hotel):
     from transformers import AutoModelForCausalLM
 
     from recipekit import models
 
-    out = tmp_path / "fsdp"
-    result = fsdp(out, tiny_model, small_hotel, "eval_answer_field=answer_key")
-    metrics = read_metrics(out)
+    out, result, metrics = two_rank_run
     assert metrics["world_size"] == 2 and metrics["global_step"] == 8 and metrics["resumed_from"] is None
     losses = logged_losses(metrics)
     assert len(losses) == 8 and losses[-1] < losses[0] - 0.3
@@ -66,23 +73,20 @@ def test_two_ranks_train_and_the_export_is_the_trained_model(tmp_path, tiny_mode
     assert (out / "loss.png").stat().st_size > 0 and "packing: true" in (out / "resolved_config.yaml").read_text()
 
 
-def test_checkpoint_of_two_ranks_resumes_in_one_process(tmp_path, tiny_model, small_hotel):
+def test_checkpoint_of_two_ranks_resumes_in_one_process(two_rank_run, tmp_path, tiny_model, small_hotel):
+    first_dir, _, first = two_rank_run
     out = tmp_path / "reshard"
-    options = ("bf16=true", "gradient_checkpointing=true", "save_steps=2")
-    fsdp(out, tiny_model, small_hotel, "max_steps=4", *options, nproc=2)
-    first = read_metrics(out)
-    assert first["world_size"] == 2
-
-    fsdp(out, tiny_model, small_hotel, "max_steps=6", *options, nproc=1)
+    shutil.copytree(first_dir, out)
+    fsdp(out, tiny_model, small_hotel, "max_steps=10", "bf16=true", "save_steps=2", nproc=1)
     metrics = read_metrics(out)
-    assert metrics["world_size"] == 1 and metrics["resumed_from"] == str(out / "checkpoint-4")
-    assert metrics["global_step"] == 6 and metrics["eval_loss_before"] == first["eval_loss_before"]
+    assert metrics["world_size"] == 1 and metrics["resumed_from"] == str(out / "checkpoint-8")
+    assert metrics["global_step"] == 10 and metrics["eval_loss_before"] == first["eval_loss_before"]
     steps = [row["step"] for row in metrics["log_history"] if "loss" in row]
     losses = logged_losses(metrics)
-    assert steps == [1, 2, 3, 4, 5, 6]
-    # Step 5 starts from the trained weights (an untrained start would be back at the step-1 loss).
-    assert losses[4] < losses[0] - 0.3 and metrics["eval_loss_after"] < first["eval_loss_after"]
-    assert sorted(p.name for p in (out / "checkpoint-6").glob("*.distcp")) == ["__0_0.distcp"]
+    assert steps == list(range(1, 11)) and losses[:8] == logged_losses(first)
+    # Step 9 starts from the trained weights (an untrained start would be back at the step-1 loss).
+    assert losses[8] < losses[0] - 0.3 and metrics["eval_loss_after"] < first["eval_loss_after"]
+    assert sorted(p.name for p in (out / "checkpoint-10").glob("*.distcp")) == ["__0_0.distcp"]
 
 
 # SIGTERM → checkpoint → exit 143 → exact resume: tests/recipes/test_fault_tolerance.py (2 processes).
