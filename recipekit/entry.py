@@ -8,7 +8,10 @@ line per problem instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
+import functools
+import gc
 import importlib.util
 import os
 import sys
@@ -55,6 +58,7 @@ def one_line(text: str) -> str:
 def run(main: Callable[[Any, bool], None], config_cls: type, description: str, recipe_file: str,
         argv: list[str] | None = None) -> None:
     """Parse argv into ``config_cls``, run ``main(cfg, check_only)``, exit with the contract's code."""
+    skip_garbage_collection_at_exit()
     default_config = Path(recipe_file).resolve().with_name("config.yaml")
     args = make_parser(description, default_config).parse_args(argv)
     try:
@@ -74,6 +78,18 @@ def run(main: Callable[[Any, bool], None], config_cls: type, description: str, r
         sys.exit(EXIT_PREEMPTED)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
+
+
+@functools.cache
+def skip_garbage_collection_at_exit() -> None:
+    """At exit, take every object out of the interpreter's last garbage collections (``gc.freeze``).
+
+    After importing trl the process holds about half a million objects, and walking them at shutdown
+    took 1.5 s of CPU per process, every rank of every run, with nothing left to free: outputs are
+    written and files closed by then, and the OS reclaims the memory. Registered first, so it runs
+    after the handlers the libraries register later (atexit runs them last in, first out).
+    """
+    atexit.register(gc.freeze)
 
 
 @contextlib.contextmanager

@@ -11,7 +11,9 @@ import yaml
 from tests.conftest import REPO
 
 NOISY_RECIPE = '''
-import logging, os, sys
+import atexit, gc, logging, os, sys
+# Registered before entry.run's own handler, so it runs after it (last in, first out).
+atexit.register(lambda: os.write(2, b"frozen at exit: %d\\n" % (gc.get_freeze_count() > 0)))
 from dataclasses import dataclass
 from recipekit import entry
 from recipekit.config import option
@@ -59,3 +61,8 @@ def test_a_refused_check_prints_its_error_and_nothing_on_stdout(tmp_path):
     result = run_check(tmp_path, "--set", "name=bad")
     assert result.returncode == 2 and result.stdout == ""
     assert "error: name: must not be 'bad'" in result.stderr
+
+
+def test_the_process_skips_the_interpreters_last_garbage_collections(tmp_path):
+    for name in ("x", "bad"):  # whether it exits 0 or 2
+        assert "frozen at exit: 1" in run_check(tmp_path, "--set", f"name={name}").stderr
