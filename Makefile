@@ -22,14 +22,17 @@ help:
 	@echo "make images    build the CUDA and CPU container images (docker, podman or buildah; images/README.md)"
 
 # The locks are installed with uv (pinned in requirements-dev.lock): seconds instead of pip's
-# minute and a half of unpacking one wheel at a time, with bytecode compiled up front as pip does
-# (else every process compiles its imports again when PYTHONDONTWRITEBYTECODE is set: 15 s instead
-# of 7 to import torch and transformers). uv does not read pip's configuration, so it
-# gets pip's find-links (where a local CPU torch wheel may be); if uv cannot install, pip does.
-# (Recursive variables: evaluated only when the venv is built.)
+# minute and a half of unpacking one wheel at a time. Bytecode is not compiled up front (a minute
+# on 2 cores for 17k files, most never imported): Python writes it for what is imported, the first
+# time, which is why make's commands never see PYTHONDONTWRITEBYTECODE (set in many images; with
+# it, every process compiles its imports again: 15 s instead of 7 for torch and transformers).
+# uv does not read pip's configuration, so it gets pip's find-links (where a local CPU torch
+# wheel may be); if uv cannot install, pip does. (Recursive variables: evaluated only when the
+# venv is built.)
+unexport PYTHONDONTWRITEBYTECODE
 UV_PIN = $(shell grep -m1 '^uv==' requirements-dev.lock)
 FIND_LINKS = $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^[^=]*find-links='\(.*\)'$$/\1/p")
-UV_INSTALL = $(BIN)/uv pip install -q --python $(BIN)/python --no-deps --compile-bytecode $(foreach d,$(sort $(FIND_LINKS)),--find-links $(d))
+UV_INSTALL = $(BIN)/uv pip install -q --python $(BIN)/python --no-deps $(foreach d,$(sort $(FIND_LINKS)),--find-links $(d))
 PIP_INSTALL := $(BIN)/python -m pip install -q --disable-pip-version-check --no-deps
 
 $(STAMP):
