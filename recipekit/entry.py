@@ -86,8 +86,8 @@ def skip_garbage_collection_at_exit() -> None:
 
     After importing trl the process holds about half a million objects, and walking them at shutdown
     took 1.5 s of CPU per process, every rank of every run, with nothing left to free: outputs are
-    written and files closed by then, and the OS reclaims the memory. Registered first, so it runs
-    after the handlers the libraries register later (atexit runs them last in, first out).
+    written and files closed by then, and the OS reclaims the memory. Registered before ``main``
+    runs, so it runs after the handlers of the libraries ``main`` imports (last in, first out).
     """
     atexit.register(gc.freeze)
 
