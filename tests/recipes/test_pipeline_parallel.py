@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, logged_losses, read_metrics, run_launcher
+from tests.conftest import REPO, TINY_SEQ_LENGTH, logged_losses, read_metrics, run_launcher
 
 pytestmark = pytest.mark.slow(minutes=2)  # trains real models; make test starts the longest first
 
@@ -23,8 +23,8 @@ def pipeline(output_dir: Path, tiny_model: str, small_hotel: dict, *extra: str, 
     """Run the recipe on the tiny model and a slice of the hotel data; fail with its output."""
     overrides = [f"model_name={tiny_model}", f"dataset_name={small_hotel['train']}",
                  f"eval_dataset_name={small_hotel['eval']}", f"output_dir={output_dir}", "max_steps=8",
-                 "learning_rate=3e-3", "batch_size=4", "n_microbatches=2", "seq_length=96", "logging_steps=1",
-                 "save_steps=4", "bf16=false", "eval_answer_field=null", *extra]
+                 "learning_rate=3e-3", "batch_size=4", "n_microbatches=2", f"seq_length={TINY_SEQ_LENGTH}",
+                 "logging_steps=1", "save_steps=4", "bf16=false", "eval_answer_field=null", *extra]
     args = ["run", "recipes/pipeline-parallel", "--nproc", str(nproc)]
     for item in overrides:
         args += ["--set", item]
@@ -70,7 +70,7 @@ def test_sigterm_resume_and_both_schedules_match_the_single_process_run(tmp_path
     for item in (f"model_name={tiny_model}", f"dataset_name={small_hotel['train']}",
                  f"eval_dataset_name={small_hotel['eval']}", "eval_answer_field=null", f"output_dir={out}",
                  "max_steps=400", "save_steps=1000", "logging_steps=1", "bf16=false", "batch_size=4",
-                 "n_microbatches=2", "seq_length=96", "learning_rate=3e-3", *CONSTANT):
+                 "n_microbatches=2", f"seq_length={TINY_SEQ_LENGTH}", "learning_rate=3e-3", *CONSTANT):
         args += ["--set", item]
     proc = subprocess.Popen([sys.executable, "-u", "-m", "launcher.cli", *args], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -102,7 +102,7 @@ def test_sigterm_resume_and_both_schedules_match_the_single_process_run(tmp_path
                       "eval_split=null", *CONSTANT, nproc=1)
     assert single["world_size"] == 1 and single["layers_per_stage"] == [2]
     assert single["first_step_loss"] == pytest.approx(
-        reference_first_step_loss(small_hotel, seed=42, rows=4, seq_length=96), rel=1e-5)
+        reference_first_step_loss(small_hotel, seed=42, rows=4, seq_length=TINY_SEQ_LENGTH), rel=1e-5)
     # Gradients of the tied embedding / LM head are summed across the two stages and the clipping norm
     # is global, and the loss is normalised by the label tokens of the whole step, so every update equals
     # the single-process one: the 1f1b steps before the SIGTERM and the gpipe steps after the resume.
@@ -117,7 +117,7 @@ def test_sigterm_resume_and_both_schedules_match_the_single_process_run(tmp_path
     base = AutoModelForCausalLM.from_pretrained(tiny_path())
     assert not torch.equal(model.model.layers[1].mlp.up_proj.weight, base.model.layers[1].mlp.up_proj.weight)
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # still tied
-    assert export_eval_loss(model, tokenizer, small_hotel["eval"], 96) == pytest.approx(
+    assert export_eval_loss(model, tokenizer, small_hotel["eval"], TINY_SEQ_LENGTH) == pytest.approx(
         resumed["eval_loss_after"], rel=1e-4)
 
 
