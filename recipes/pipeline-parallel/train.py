@@ -80,7 +80,7 @@ def main(cfg: Config, check_only: bool) -> None:
                          f"({world}), got {cfg.n_microbatches}")
     if cfg.layers_per_stage is not None and len(cfg.layers_per_stage) != world:
         raise UsageError(f"layers_per_stage: {len(cfg.layers_per_stage)} entries for {world} stages (one per rank)")
-    model_path = models.resolve(cfg.model_name)
+    model_path = models.resolve(cfg.model_name, weights=not check_only)
     num_layers = check_model_shape(cfg, model_path, token, world)
     if check_only:
         return
