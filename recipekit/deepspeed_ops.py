@@ -74,13 +74,32 @@ def use_torch_adamw(ds_config: dict) -> None:
             params.update(torch_adam=True, fused=True)
 
 
+def _tensor_parallel(ds_config: dict) -> bool:
+    size = ds_config.get("tensor_parallel", {}).get("autotp_size", 0)
+    return not isinstance(size, int) or size > 1  # "auto" and the like: assume it is used
+
+
 def ops_for(ds_config: dict) -> list[str]:
     """The op builders a run with this config loads: DeepSpeed's Adam unless torch's is asked for,
-    and the shared-memory all-reduce (which DeepSpeed's comm layer loads on CPU)."""
+    and the shared-memory all-reduce only under AutoTP tensor parallelism, its one user."""
+    ops = []
     optimizer = _adam(ds_config)
-    if optimizer is None or optimizer.get("params", {}).get("torch_adam"):
-        return ["ShareMemCommBuilder"]
-    return ["CPUAdamBuilder" if _offloads_optimizer(ds_config) else "FusedAdamBuilder", "ShareMemCommBuilder"]
+    if optimizer is not None and not optimizer.get("params", {}).get("torch_adam"):
+        ops.append("CPUAdamBuilder" if _offloads_optimizer(ds_config) else "FusedAdamBuilder")
+    if _tensor_parallel(ds_config):
+        ops.append("ShareMemCommBuilder")
+    return ops
+
+
+def leave_out_shm_comm() -> None:
+    """DeepSpeed's comm layer compiles its shared-memory all-reduce on CPU whenever it starts, yet
+    only inference_all_reduce (AutoTP layers) calls it: training's all-reduces go through
+    torch.distributed. Marked incompatible (the first thing DeepSpeed checks), it is not built,
+    which saves a compile of half a minute to two on 2 cores; inference_all_reduce would fall back
+    to torch.distributed."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def prepare(ds_config: dict) -> None:
@@ -102,9 +121,12 @@ def prepare(ds_config: dict) -> None:
         guard = open(root / ".build.flock", "w")
     os.environ["TORCH_EXTENSIONS_DIR"] = str(root)
     use_pinned_ninja()
+    ops = ops_for(ds_config)
+    if "ShareMemCommBuilder" not in ops:
+        leave_out_shm_comm()
     with guard:
         fcntl.flock(guard, fcntl.LOCK_EX)
-        for name in ops_for(ds_config):
+        for name in ops:
             builder = get_accelerator().create_op_builder(name)
             if builder is None or not builder.is_compatible(verbose=False):
                 continue

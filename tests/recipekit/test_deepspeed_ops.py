@@ -40,21 +40,63 @@ def zero2(optimizer: dict | None, offload: str = "none") -> dict:
     return ds if optimizer is None else {**ds, "optimizer": optimizer}
 
 
-def test_on_cpu_adamw_becomes_torchs_fused_adamw_and_only_the_comm_op_is_built():
+def test_on_cpu_adamw_becomes_torchs_fused_adamw_and_no_op_is_built():
     ds = zero2({"type": "AdamW", "params": {"lr": 1e-3}})
-    assert deepspeed_ops.ops_for(ds) == ["FusedAdamBuilder", "ShareMemCommBuilder"]
+    assert deepspeed_ops.ops_for(ds) == ["FusedAdamBuilder"]
     deepspeed_ops.use_torch_adamw(ds)
     assert ds["optimizer"]["params"] == {"lr": 1e-3, "torch_adam": True, "fused": True}
-    assert deepspeed_ops.ops_for(ds) == ["ShareMemCommBuilder"]
+    assert deepspeed_ops.ops_for(ds) == []
 
 
 def test_a_users_own_choice_and_offloaded_states_keep_deepspeeds_adam():
     chosen = zero2({"type": "Adam", "params": {"torch_adam": False}})
     deepspeed_ops.use_torch_adamw(chosen)
     assert chosen["optimizer"]["params"] == {"torch_adam": False}
-    assert deepspeed_ops.ops_for(chosen) == ["FusedAdamBuilder", "ShareMemCommBuilder"]
+    assert deepspeed_ops.ops_for(chosen) == ["FusedAdamBuilder"]
     offloaded = zero2({"type": "AdamW"}, offload="cpu")
     deepspeed_ops.use_torch_adamw(offloaded)
     assert "params" not in offloaded["optimizer"]
-    assert deepspeed_ops.ops_for(offloaded) == ["CPUAdamBuilder", "ShareMemCommBuilder"]
-    assert deepspeed_ops.ops_for(zero2(None)) == ["ShareMemCommBuilder"]  # the Trainer's own optimizer
+    assert deepspeed_ops.ops_for(offloaded) == ["CPUAdamBuilder"]
+    assert deepspeed_ops.ops_for(zero2(None)) == []  # the Trainer's own optimizer
+
+
+def test_the_shared_memory_all_reduce_is_built_only_for_autotp_which_calls_it():
+    assert deepspeed_ops.ops_for({**zero2(None), "tensor_parallel": {"autotp_size": 2}}) == ["ShareMemCommBuilder"]
+    assert deepspeed_ops.ops_for({**zero2(None), "tensor_parallel": {"autotp_size": 1}}) == []
+
+
+class StandInBuilder:
+    """Loads the way torch's extension loader does: behind a FileBaton on
+    <TORCH_EXTENSIONS_DIR>/<name>/lock, waiting while the file exists. A real DeepSpeed op
+    would take a minute or more of compiling to show the same."""
+
+    NAME = "stand_in_op"
+    loaded = False
+
+    def is_compatible(self, verbose=False):
+        return True
+
+    def load(self, verbose=False):
+        from torch.utils.file_baton import FileBaton
+
+        lock = Path(os.environ["TORCH_EXTENSIONS_DIR"]) / self.NAME / "lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        baton = FileBaton(str(lock))
+        assert baton.try_acquire(), "torch would wait forever on this lock"
+        baton.release()
+        StandInBuilder.loaded = True
+
+
+def test_a_build_lock_left_by_a_killed_process_is_removed_instead_of_waited_on(monkeypatch, tmp_path):
+    import deepspeed.accelerator
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setenv("PATH", os.environ["PATH"])
+    stale = tmp_path / StandInBuilder.NAME / "lock"
+    stale.parent.mkdir()
+    stale.touch()
+    accelerator = type("Accelerator", (), {"create_op_builder": lambda self, name: StandInBuilder()})()
+    monkeypatch.setattr(deepspeed.accelerator, "get_accelerator", lambda: accelerator)
+    monkeypatch.setattr(deepspeed_ops, "ops_for", lambda ds_config: ["ShareMemCommBuilder"])
+    deepspeed_ops.prepare({})
+    assert StandInBuilder.loaded and not stale.exists()
