@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from recipekit import config as configlib
+from recipekit import hf
 from recipekit.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_USAGE, Preempted, UsageError
+from recipekit.schema import ModelOptions
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -63,6 +65,8 @@ def run(main: Callable[[Any, bool], None], config_cls: type, description: str, r
     args = make_parser(description, default_config).parse_args(argv)
     try:
         cfg = configlib.load(config_cls, args.config, args.overrides)
+        if isinstance(cfg, ModelOptions):
+            hf.leave_out_bitsandbytes(cfg)
         if args.check:
             with stdout_to_stderr():
                 main(cfg, True)

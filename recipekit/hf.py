@@ -10,10 +10,11 @@ import contextlib
 import logging
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
-from recipekit import distributed, secrets
+from recipekit import distributed, models, secrets
 from recipekit.errors import UsageError
 from recipekit.schema import LoraOptions, ModelOptions, TrainingOptions
 
@@ -29,6 +30,18 @@ def setup_logging() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # bitsandbytes warns on import about optional CPU kernels it downloads from a hub; irrelevant offline.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+def leave_out_bitsandbytes(opts: ModelOptions) -> None:
+    """Hide bitsandbytes from imports in a process that never loads a quantized model.
+
+    peft imports it whenever it is installed, and bitsandbytes wraps its CPU kernels in
+    torch.compile at import, which loads torch's dynamo and inductor: 1.5 s of CPU in every
+    process, every rank. peft and transformers then see it as not installed. A checkpoint saved
+    quantized needs it, so a Hub model (whose config is not at hand) keeps it too.
+    """
+    if not opts.may_load_quantized() and models.saved_unquantized(opts.model_name):
+        sys.modules.setdefault("bitsandbytes", None)  # a None entry makes find_spec and import say "absent"
 
 
 def hub_token(opts: ModelOptions) -> str | None:

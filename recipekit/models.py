@@ -184,5 +184,16 @@ def check_name(field: str, name: str) -> list[str]:
     return []
 
 
+def saved_unquantized(name: str) -> bool:
+    """Whether ``name`` is an embedded alias or a local checkpoint whose config.json has no quantization."""
+    if name in ALIASES:
+        return True
+    config = Path(name).expanduser() / "config.json"
+    try:
+        return "quantization_config" not in json.loads(config.read_text())
+    except (OSError, ValueError):  # a Hub id, or not a checkpoint: unknown
+        return False
+
+
 def read_config(path: str) -> dict:
     return json.loads((Path(path) / "config.json").read_text())

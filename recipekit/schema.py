@@ -30,6 +30,10 @@ class ModelOptions:
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = option(
         "sdpa", help="attention kernel")
 
+    def may_load_quantized(self) -> bool:
+        """Whether this process may load a model through bitsandbytes (beyond what model_name's config says)."""
+        return self.load_in_4bit or self.load_in_8bit
+
     def check_model(self) -> list[str]:
         problems = models.check_name("model_name", self.model_name)
         problems += secrets.check_reference("use_auth_token", self.use_auth_token)

@@ -86,6 +86,10 @@ class Config(sft.Config):
     max_retries: Optional[int] = option(3, help="retries of a trial whose worker died; null = unlimited", min=0,
                                         max=1000)
 
+    def may_load_quantized(self) -> bool:
+        # Trials run in this process, each with its own sampled values.
+        return super().may_load_quantized() or bool({"load_in_4bit", "load_in_8bit", "model_name"} & set(self.search_space))
+
     def check(self) -> list[str]:
         problems = super().check()
         if self.storage is not None and self.storage_secret is not None:
