@@ -16,7 +16,6 @@ import os
 import sys
 from pathlib import Path
 
-from bench.probe import Probe
 from recipekit import entry, hf
 
 
@@ -33,11 +32,19 @@ def switch_off_for_ablation() -> None:
         hf.use_document_attention = lambda: None
 
 
+def train_with_probe(train, *args, **kwargs):
+    # Imported only now, once entry.run has parsed the config: transformers' Trainer modules import
+    # peft, and so bitsandbytes unless entry.run has left it out, as it does under `launcher run`.
+    from bench.probe import Probe
+
+    switch_off_for_ablation()
+    return train(*args, callbacks=(Probe(),), **kwargs)
+
+
 def main(argv: list[str]) -> None:
     recipe_file = Path(argv[0]).resolve()
     recipe = entry.import_recipe(recipe_file)
-    switch_off_for_ablation()
-    recipe.train = functools.partial(recipe.train, callbacks=(Probe(),))
+    recipe.train = functools.partial(train_with_probe, recipe.train)
     entry.run(recipe.main, recipe.Config, f"benchmark of {recipe_file.parent.name}", str(recipe_file), argv[1:])
 
 

@@ -17,8 +17,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-OUT_ENV = "BENCH_PROBE_OUT"  # where the probe writes its JSON
-LAUNCHED_ENV = "BENCH_LAUNCHED_AT"  # time.time() just before the runner started this process
+from bench.run import LAUNCHED_ENV, OUT_ENV
 
 
 def batch_tokens(inputs: dict[str, Any]):

@@ -34,7 +34,10 @@ from typing import Any
 import yaml
 
 from bench import flops
-from bench.probe import LAUNCHED_ENV, OUT_ENV
+
+# Set by the runner for the training process it starts; read by bench/probe.py inside it.
+OUT_ENV = "BENCH_PROBE_OUT"  # where the probe writes its JSON
+LAUNCHED_ENV = "BENCH_LAUNCHED_AT"  # time.time() just before the runner started this process
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"

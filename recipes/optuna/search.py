@@ -88,7 +88,8 @@ class Config(sft.Config):
 
     def may_load_quantized(self) -> bool:
         # Trials run in this process, each with its own sampled values.
-        return super().may_load_quantized() or bool({"load_in_4bit", "load_in_8bit", "model_name"} & set(self.search_space))
+        sampled = {"load_in_4bit", "load_in_8bit", "model_name"} & set(self.search_space)
+        return super().may_load_quantized() or bool(sampled)
 
     def check(self) -> list[str]:
         problems = super().check()

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from bench import flops, run
-from bench.probe import batch_tokens
 
 SHAPE = dict(params_total=1000, params_trainable=1000, params_embedding=300, params_tied_lm_head=300,
              num_layers=2, num_heads=4, head_dim=8)
@@ -61,6 +60,8 @@ def test_only_keeps_the_peer_of_a_kept_row(tmp_path):
 
 def test_batch_tokens_counts_padded_and_packed_batches():
     import torch
+
+    from bench.probe import batch_tokens  # imports transformers: only in the test that needs it
 
     padded = {"input_ids": torch.ones(2, 5, dtype=torch.long),
               "attention_mask": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]),
