@@ -188,9 +188,8 @@ def saved_unquantized(name: str) -> bool:
     """Whether ``name`` is an embedded alias or a local checkpoint whose config.json has no quantization."""
     if name in ALIASES:
         return True
-    config = Path(name).expanduser() / "config.json"
     try:
-        return "quantization_config" not in json.loads(config.read_text())
+        return "quantization_config" not in read_config(str(Path(name).expanduser()))
     except (OSError, ValueError):  # a Hub id, or not a checkpoint: unknown
         return False
 
