@@ -6,28 +6,52 @@ from typing import Any
 
 
 def generate_replies(model, tokenizer, conversations: list[list[dict[str, str]]], max_new_tokens: int = 48,
-                     batch_size: int = 40, dtype=None) -> list[str]:
-    """Greedy replies to each conversation (left-padded batches), under autocast to ``dtype`` if given."""
+                     batch_tokens: int = 8192, dtype=None) -> list[str]:
+    """Greedy replies to each conversation, under autocast to ``dtype`` if given.
+
+    Prompts are batched shortest first, as many per batch as fit ``batch_tokens`` (prompt and reply
+    tokens, padding included): on 2 CPU cores one batch of 80 short prompts took a quarter less time
+    than two of 40, and sorting keeps the left padding small.
+    """
     import torch
 
+    prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lengths.__getitem__)
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     was_training = model.training
     model.eval()
-    replies: list[str] = []
+    replies: dict[int, str] = {}
     try:
-        for start in range(0, len(conversations), batch_size):
-            prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-                       for c in conversations[start:start + batch_size]]
-            batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        for batch_rows in token_budget_batches(order, lengths, max_new_tokens, batch_tokens):
+            batch = tokenizer([prompts[i] for i in batch_rows], return_tensors="pt", padding=True,
+                              add_special_tokens=False).to(model.device)
             autocast = torch.autocast(model.device.type, dtype=dtype, enabled=dtype not in (None, torch.float32))
             with torch.no_grad(), autocast:
                 out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                      pad_token_id=tokenizer.pad_token_id)
-            replies += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            replies.update(zip(batch_rows, texts))
     finally:
         tokenizer.padding_side = padding_side
         model.train(was_training)
-    return replies
+    return [replies[i] for i in range(len(prompts))]
+
+
+def token_budget_batches(order: list[int], lengths: list[int], max_new_tokens: int,
+                         batch_tokens: int) -> list[list[int]]:
+    """Split ``order`` (indices, shortest prompt first) into batches whose padded size fits the budget.
+
+    A batch's size is its row count times its longest prompt plus ``max_new_tokens``; a row too
+    long for the budget on its own still gets a batch of one.
+    """
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * (lengths[i] + max_new_tokens) <= batch_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def answer_hit_rate(model, tokenizer, rows: list[dict[str, Any]], messages_field: str, answer_field: str,

@@ -1,0 +1,46 @@
+"""recipekit.evaluate: greedy replies batched by a token budget, returned in the caller's order."""
+
+from __future__ import annotations
+
+import pytest
+
+from recipekit import evaluate
+
+
+def test_batches_fill_the_budget_shortest_first():
+    lengths = [30, 10, 20, 10, 40]
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)  # [1, 3, 2, 0, 4]
+    # With 10 new tokens: three rows of 20 fit 90 tokens; the 30-token row would make 4 x 40.
+    assert evaluate.token_budget_batches(order, lengths, 10, 90) == [[1, 3, 2], [0], [4]]
+    assert evaluate.token_budget_batches(order, lengths, 10, 10_000) == [order]
+
+
+def test_a_row_longer_than_the_budget_gets_a_batch_of_its_own():
+    assert evaluate.token_budget_batches([0, 1], [5, 500], 8, 64) == [[0], [1]]
+
+
+@pytest.fixture(scope="module")
+def tiny_chat(tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from recipekit import models
+
+    path = models.resolve(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    torch.manual_seed(0)
+    with torch.no_grad():  # larger random weights, so that the reply depends on the prompt
+        for param in model.parameters():
+            param.normal_(std=1.0)
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def test_replies_come_back_in_the_order_asked(tiny_chat):
+    """Batched (sorted, left-padded) generation gives each conversation the reply it gets alone."""
+    model, tokenizer = tiny_chat
+    questions = ["When does the restaurant open for dinner on Sundays?", "Wi-Fi?", "Is parking free?"]
+    conversations = [[{"role": "user", "content": q}] for q in questions]
+    alone = [evaluate.generate_replies(model, tokenizer, [c], max_new_tokens=6)[0] for c in conversations]
+    batched = evaluate.generate_replies(model, tokenizer, conversations, max_new_tokens=6)
+    assert batched == alone
+    assert len(set(alone)) == len(alone)  # distinct replies, so a reordering would show
