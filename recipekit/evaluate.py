@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 
@@ -18,6 +19,7 @@ def generate_replies(model, tokenizer, conversations: list[list[dict[str, str]]]
     prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(prompts)), key=lengths.__getitem__)
+    low_precision = dtype not in (None, torch.float32)
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     was_training = model.training
     model.eval()
@@ -26,8 +28,8 @@ def generate_replies(model, tokenizer, conversations: list[list[dict[str, str]]]
         for batch_rows in token_budget_batches(order, lengths, max_new_tokens, batch_tokens):
             batch = tokenizer([prompts[i] for i in batch_rows], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(model.device)
-            autocast = torch.autocast(model.device.type, dtype=dtype, enabled=dtype not in (None, torch.float32))
-            with torch.no_grad(), autocast:
+            autocast = torch.autocast(model.device.type, dtype=dtype, enabled=low_precision)
+            with torch.no_grad(), autocast, cached_weight_casts(model, low_precision and model.device.type == "cpu"):
                 out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                      pad_token_id=tokenizer.pad_token_id)
             texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -36,6 +38,28 @@ def generate_replies(model, tokenizer, conversations: list[list[dict[str, str]]]
         tokenizer.padding_side = padding_side
         model.train(was_training)
     return [replies[i] for i in range(len(prompts))]
+
+
+@contextlib.contextmanager
+def cached_weight_casts(model, enabled: bool = True):
+    """Inside an autocast region, cast each frozen float32 weight once instead of at every call.
+
+    Autocast keeps its low-precision copy of a weight for the whole region only if the weight
+    requires grad, so a frozen one (a LoRA base) is cast again for every generated token. This
+    marks frozen weights as requiring grad for the duration (use under no_grad: no graph is built).
+    Used on CPU, where it took the hotel eval from 18.5 s to 15 s; on a GPU the casts are cheap
+    and the cached copies would cost memory.
+    """
+    import torch
+
+    frozen = [p for p in model.parameters() if not p.requires_grad and p.dtype == torch.float32] if enabled else []
+    for param in frozen:
+        param.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for param in frozen:
+            param.requires_grad_(False)
 
 
 def token_budget_batches(order: list[int], lengths: list[int], max_new_tokens: int,

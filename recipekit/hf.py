@@ -132,15 +132,20 @@ def decoder_linear_names(model) -> list[str]:
                    if isinstance(module, torch.nn.Linear) and re.search(r"\.layers\.\d+\.", name)})
 
 
-def trainer_args(train: TrainingOptions) -> dict[str, Any]:
-    """TrainingArguments keywords that follow directly from the shared options."""
+def trainer_args(train: TrainingOptions, eval_batch_scale: int = 1) -> dict[str, Any]:
+    """TrainingArguments keywords that follow directly from the shared options.
+
+    Evaluation batches are ``eval_batch_scale`` times the training batch: they keep no activations
+    for a backward, so a recipe whose evaluation holds no full-vocabulary logits can take larger ones.
+    """
     import torch
 
     # The TensorBoard callback reads its directory from this env var (default: ./runs, even for eval).
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(train.output_dir) / "runs")
     return dict(use_cpu=not torch.cuda.is_available(),
         output_dir=train.output_dir, learning_rate=train.learning_rate,
-        per_device_train_batch_size=train.batch_size, per_device_eval_batch_size=train.batch_size,
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=train.batch_size * eval_batch_scale,
         gradient_accumulation_steps=train.gradient_accumulation_steps, num_train_epochs=train.num_train_epochs,
         max_steps=train.max_steps, weight_decay=train.weight_decay, lr_scheduler_type=train.lr_scheduler_type,
         warmup_steps=train.warmup_ratio, max_grad_norm=train.max_grad_norm, seed=train.seed, data_seed=train.seed,
