@@ -67,6 +67,7 @@ def run(main: Callable[[Any, bool], None], config_cls: type, description: str, r
         cfg = configlib.load(config_cls, args.config, args.overrides)
         if isinstance(cfg, ModelOptions):
             hf.leave_out_bitsandbytes(cfg)
+        hf.leave_out_deepspeed(cfg)
         if args.check:
             with stdout_to_stderr():
                 main(cfg, True)

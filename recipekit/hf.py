@@ -44,6 +44,16 @@ def leave_out_bitsandbytes(opts: ModelOptions) -> None:
         sys.modules.setdefault("bitsandbytes", None)  # a None entry makes find_spec and import say "absent"
 
 
+def leave_out_deepspeed(cfg: Any) -> None:
+    """Hide DeepSpeed from imports unless the recipe's Config sets ``uses_deepspeed``.
+
+    accelerate imports it whenever it is installed, just to recognise a DeepSpeed engine: some 400
+    modules, 0.6 s of CPU in every process and rank (1.1 s before their bytecode is cached).
+    """
+    if not getattr(cfg, "uses_deepspeed", False):
+        sys.modules.setdefault("deepspeed", None)  # as for bitsandbytes: find_spec and import say "absent"
+
+
 def hub_token(opts: ModelOptions) -> str | None:
     return secrets.read_secret("use_auth_token", opts.use_auth_token)
 

@@ -18,6 +18,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from recipekit import deepspeed_ops, distributed, entry, hf, outputs, sft_data
 from recipekit.config import option
@@ -29,6 +30,7 @@ ZERO_CONFIG = Path(__file__).resolve().with_name("zero2.json")
 
 @dataclass
 class Config(sft.Config):
+    uses_deepspeed: ClassVar[bool] = True  # every other recipe runs with DeepSpeed left out of its imports
     offload_optimizer: bool = option(False, help="keep optimizer states in CPU memory (ZeRO-Offload)")
     zero_config: str = option(str(ZERO_CONFIG), help="DeepSpeed config; 'auto' values are filled from this config")
 

@@ -1,4 +1,4 @@
-"""recipekit.hf: which processes import bitsandbytes (every recipe run on the tiny model goes without it)."""
+"""recipekit.hf: which processes import bitsandbytes and DeepSpeed (recipe runs on the tiny model go without them)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from recipekit.schema import ModelOptions
 
 
 @pytest.fixture
-def bitsandbytes_entry():
-    """Put sys.modules' bitsandbytes entry back afterwards: leaving it out is process-wide."""
-    saved = sys.modules.pop("bitsandbytes", "absent")
+def library_entries():
+    """Put sys.modules' bitsandbytes and deepspeed entries back afterwards: leaving one out is process-wide."""
+    saved = {name: sys.modules.pop(name, "absent") for name in ("bitsandbytes", "deepspeed")}
     yield
-    sys.modules.pop("bitsandbytes", None)
-    if saved != "absent":
-        sys.modules["bitsandbytes"] = saved
+    for name, module in saved.items():
+        sys.modules.pop(name, None)
+        if module != "absent":
+            sys.modules[name] = module
 
 
 def left_out(**options) -> bool:
@@ -28,7 +29,7 @@ def left_out(**options) -> bool:
     return "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is None
 
 
-def test_bitsandbytes_is_left_out_only_where_no_quantized_model_can_load(bitsandbytes_entry, tmp_path):
+def test_bitsandbytes_is_left_out_only_where_no_quantized_model_can_load(library_entries, tmp_path):
     plain, quantized = tmp_path / "plain", tmp_path / "quantized"
     for path, config in ((plain, {"model_type": "llama"}),
                          (quantized, {"model_type": "llama", "quantization_config": {"quant_method": "bitsandbytes"}})):
@@ -48,7 +49,7 @@ def test_bitsandbytes_is_left_out_only_where_no_quantized_model_can_load(bitsand
     assert importlib.util.find_spec("bitsandbytes") is not None
 
 
-def test_a_search_that_may_sample_quantization_or_another_model_keeps_it(bitsandbytes_entry):
+def test_a_search_that_may_sample_quantization_or_another_model_keeps_it(library_entries):
     from recipekit.entry import import_recipe
     from tests.conftest import REPO
 
@@ -59,3 +60,14 @@ def test_a_search_that_may_sample_quantization_or_another_model_keeps_it(bitsand
         assert "bitsandbytes" not in sys.modules
     hf.leave_out_bitsandbytes(search.Config(model_name=models.TINY_MODEL))  # the default space: neither
     assert sys.modules["bitsandbytes"] is None
+
+
+def test_deepspeed_is_left_out_unless_the_recipe_runs_it(library_entries):
+    from recipekit.entry import import_recipe
+    from tests.conftest import REPO
+
+    for recipe, runs_deepspeed in (("sft", False), ("dpo", False), ("sft-zero2", True)):
+        sys.modules.pop("deepspeed", None)
+        hf.leave_out_deepspeed(import_recipe(REPO / "recipes" / recipe / "train.py").Config())
+        assert ("deepspeed" in sys.modules and sys.modules["deepspeed"] is None) is not runs_deepspeed, recipe
+    assert importlib.util.find_spec("deepspeed") is not None  # sft-zero2's process still finds it
