@@ -41,7 +41,7 @@ def leave_out_bitsandbytes(opts: ModelOptions) -> None:
     quantized needs it, so a Hub model (whose config is not at hand) keeps it too.
     """
     if not opts.may_load_quantized() and models.saved_unquantized(opts.model_name):
-        sys.modules.setdefault("bitsandbytes", None)  # a None entry makes find_spec and import say "absent"
+        import_as_absent("bitsandbytes")
 
 
 def leave_out_deepspeed(cfg: Any) -> None:
@@ -51,7 +51,12 @@ def leave_out_deepspeed(cfg: Any) -> None:
     modules, 0.6 s of CPU in every process and rank (1.1 s before their bytecode is cached).
     """
     if not getattr(cfg, "uses_deepspeed", False):
-        sys.modules.setdefault("deepspeed", None)  # as for bitsandbytes: find_spec and import say "absent"
+        import_as_absent("deepspeed")
+
+
+def import_as_absent(package: str) -> None:
+    """Make ``package`` look not installed to this process (unless it is imported already)."""
+    sys.modules.setdefault(package, None)  # a None entry makes find_spec and import say "absent"
 
 
 def hub_token(opts: ModelOptions) -> str | None:

@@ -23,10 +23,14 @@ def library_entries():
             sys.modules[name] = module
 
 
+def is_left_out(package: str) -> bool:
+    return package in sys.modules and sys.modules[package] is None
+
+
 def left_out(**options) -> bool:
     sys.modules.pop("bitsandbytes", None)
     hf.leave_out_bitsandbytes(ModelOptions(**options))
-    return "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is None
+    return is_left_out("bitsandbytes")
 
 
 def test_bitsandbytes_is_left_out_only_where_no_quantized_model_can_load(library_entries, tmp_path):
@@ -69,5 +73,5 @@ def test_deepspeed_is_left_out_unless_the_recipe_runs_it(library_entries):
     for recipe, runs_deepspeed in (("sft", False), ("dpo", False), ("sft-zero2", True)):
         sys.modules.pop("deepspeed", None)
         hf.leave_out_deepspeed(import_recipe(REPO / "recipes" / recipe / "train.py").Config())
-        assert ("deepspeed" in sys.modules and sys.modules["deepspeed"] is None) is not runs_deepspeed, recipe
+        assert is_left_out("deepspeed") is not runs_deepspeed, recipe
     assert importlib.util.find_spec("deepspeed") is not None  # sft-zero2's process still finds it
