@@ -64,7 +64,22 @@ def hub_token(opts: ModelOptions) -> str | None:
 
 
 def check_hub_reachable(opts: TrainingOptions, token: str | None) -> None:
-    """Fail before training, not after it, when push_to_hub cannot work."""
+    """Fail before training, not after it, when the model or push_to_hub needs a Hub that cannot be reached."""
+    name = getattr(opts, "model_name", None)
+    if name is not None and models.is_hub_id(name):
+        from huggingface_hub import hf_hub_download
+
+        hub_log = logging.getLogger("huggingface_hub")
+        level = hub_log.level
+        hub_log.setLevel(logging.ERROR)  # its warning about the failed request would repeat the error below
+        try:
+            hf_hub_download(name, "config.json", token=token)  # from the local Hub cache when offline
+        except Exception as exc:  # noqa: BLE001 - network, auth and HTTP errors all mean the same here
+            raise UsageError(f"model_name: {name!r} is neither an embedded alias ({', '.join(models.ALIASES)}) "
+                             f"nor a local checkpoint, and no Hub model by that name can be reached "
+                             f"({type(exc).__name__})") from None
+        finally:
+            hub_log.setLevel(level)
     if not opts.push_to_hub:
         return
     if token is None:

@@ -171,6 +171,11 @@ def resolve(name: str, weights: bool = True) -> str:
     return name
 
 
+def is_hub_id(name: str) -> bool:
+    """Neither an embedded alias nor a local path: ``from_pretrained`` would look for it on the Hub."""
+    return name not in ALIASES and not Path(name).expanduser().exists()
+
+
 def check_name(field: str, name: str) -> list[str]:
     if not name.strip():
         return [f"{field}: must not be empty"]

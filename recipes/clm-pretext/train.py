@@ -76,11 +76,11 @@ def main(cfg: Config, check_only: bool) -> None:
     hf.setup_logging()
     token = hf.hub_token(cfg)
     train_rows, eval_rows = load_text(cfg, token)
+    hf.check_hub_reachable(cfg, token)
     model_path = models.resolve(cfg.model_name, weights=not check_only)
     tokenizer = hf.load_tokenizer(model_path, cfg, token)
     check_model_fits(cfg, model_path, tokenizer, token)
     blocks = make_blocks(train_rows, eval_rows, tokenizer, cfg)
-    hf.check_hub_reachable(cfg, token)
     if check_only:
         return
     train(cfg, blocks, tokenizer, model_path, token)

@@ -93,10 +93,10 @@ def main(cfg: Config, check_only: bool) -> None:
     hf.setup_logging()
     token = hf.hub_token(cfg)
     pairs = load_pairs(cfg, token)
+    hf.check_hub_reachable(cfg, token)
     model_path = models.resolve(cfg.model_name, weights=not check_only)
     tokenizer = hf.load_tokenizer(model_path, cfg, token)
     check_prompts_fit(pairs, tokenizer, cfg)
-    hf.check_hub_reachable(cfg, token)
     if check_only:
         return
     train(cfg, pairs, model_path, tokenizer, token)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from recipekit import checkpoint, distributed, entry, hf, models, outputs, sft_data
+from recipekit import checkpoint, distributed, entry, frozen_prefix, hf, models, outputs, sft_data
 from recipekit.errors import Preempted
 from recipekit.schema import LoraOptions, ModelOptions, TrainingOptions
 from recipekit.sft_data import SFTDataOptions
@@ -70,6 +70,8 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, *, recipe: s
     )
     if cfg.use_peft and distributed.is_main():
         trainer.model.print_trainable_parameters()
+    if trainer.args.device.type == "cpu" and deepspeed is None:
+        frozen_prefix.reuse_frozen_prefix(trainer.model)  # the layers below the adapters: once per document
 
     # Train, resuming from the newest complete checkpoint.
     resume_from = checkpoint.latest_complete(cfg.output_dir) if cfg.resume else None

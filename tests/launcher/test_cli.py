@@ -59,3 +59,16 @@ def test_validate_prints_the_resolved_config():
 def test_unknown_recipe():
     result = run_launcher("run", "recipes/nope")
     assert result.returncode == 2 and "no recipe at 'recipes/nope'" in result.stderr
+
+
+def test_unreachable_hub_model_or_push_is_refused_before_training(tmp_path):
+    """HF_HUB_OFFLINE=1: the Hub is unreachable here as on an air-gapped cluster (the same error either way)."""
+    out = tmp_path / "out"
+    offline = {"HF_HUB_OFFLINE": "1", "HOTEL_HUB_TOKEN": "hf_not_a_real_token"}
+    result = run_launcher("run", "recipes/sft", "--set", "model_name=nobody/no-such-model",
+                          "--set", f"output_dir={out}", env=offline)
+    assert_one_line_error(result, "model_name", "'nobody/no-such-model'", "no Hub model")
+    result = run_launcher("run", "recipes/sft", "--set", "push_to_hub=true", "--set", "hub_model_id=me/hotel",
+                          "--set", "use_auth_token=HOTEL_HUB_TOKEN", "--set", f"output_dir={out}", env=offline)
+    assert_one_line_error(result, "push_to_hub", "cannot reach the Hugging Face Hub")
+    assert not out.exists()
