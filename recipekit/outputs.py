@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from recipekit import config as configlib
 
@@ -15,13 +15,22 @@ METRICS = "metrics.json"
 LOSS_PLOT = "loss.png"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file + rename, so readers never see half a file."""
+def replace_atomically(path: Path, write: Callable[[str], None]) -> None:
+    """Have ``write`` fill a temp file next to ``path`` (same suffix), then rename it over ``path``:
+    readers never see half a file, and a failed write leaves the old one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    replace_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def save_resolved_config(cfg: Any, output_dir: str | Path, recipe: str) -> Path:
@@ -59,6 +68,6 @@ def plot_loss(log_history: list[dict[str, Any]], output_dir: str | Path, title: 
     ax.legend()
     path = Path(output_dir) / LOSS_PLOT
     fig.tight_layout()
-    fig.savefig(path)
+    replace_atomically(path, fig.savefig)
     plt.close(fig)
     return path

@@ -26,7 +26,6 @@ import logging
 import os
 import signal
 import socket
-import tempfile
 import time
 import typing
 import warnings
@@ -361,22 +360,11 @@ def write_outputs(study, cfg: Config, shown: str, worker: str, mine: list[int], 
         header = (f"# Best of study {cfg.study_name}: trial {best.number}, eval loss {best.value:.4f}{versus}.\n"
                   f"# Train it: launcher run recipes/sft --config {out / 'best_config.yaml'}\n")
         outputs.write_atomic(out / "best_config.yaml", configlib.dump_yaml(best_cfg, header))
-    save_file(out / "trials.csv", lambda path: study.trials_dataframe().to_csv(path, index=False))
+    outputs.replace_atomically(out / "trials.csv", lambda path: study.trials_dataframe().to_csv(path, index=False))
     metrics["plots"] = plots(study, out, len(done))
     outputs.write_metrics(metrics, out)
     outputs.save_resolved_config(cfg, out, "optuna")
     return metrics
-
-
-def save_file(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def plots(study, out: Path, completed: int) -> dict[str, str]:
@@ -398,7 +386,7 @@ def plots(study, out: Path, completed: int) -> dict[str, str]:
                 axes = plot(study)
             figure = axes.figure
             figure.set_size_inches(8, 4.5)
-            save_file(out / name, lambda path: figure.savefig(path, bbox_inches="tight"))
+            outputs.replace_atomically(out / name, lambda path: figure.savefig(path, bbox_inches="tight"))
             plt.close(figure)
             made[name] = "written"
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. no parameter varied yet
