@@ -491,7 +491,7 @@ def examples(check: bool, backend: str | None) -> None:
     except (profiles.ProfileError, jobspec.FieldError) as exc:
         raise BadInput(str(exc)) from None
     for path in stale:
-        click.echo(f"{'stale' if check else 'wrote'}: {path}")
+        click.echo(f"{'stale' if check else 'wrote' if path.exists() else 'removed'}: {path}")
     if check and stale:
         raise click.ClickException("the examples are out of date: run `launcher examples`")
 

@@ -46,19 +46,5 @@ def expected() -> dict[Path, str]:
 
 
 def write(check: bool = False) -> list[Path]:
-    """Write the examples (or, with ``check``, only compare); return the files that differed.
-
-    Example files of recipes that no longer exist count as stale and are removed.
-    """
-    files = expected()
-    stale = [path for path, text in files.items()
-             if not path.is_file() or path.read_text(encoding="utf-8") != text]
-    stale += sorted(path for path in EXAMPLES.glob("*.yaml") if path not in files)
-    if not check:
-        EXAMPLES.mkdir(parents=True, exist_ok=True)
-        for path in stale:
-            if path in files:
-                path.write_text(files[path], encoding="utf-8")
-            else:
-                path.unlink()
-    return stale
+    """Write the examples (or, with ``check``, only compare); return the files that differed."""
+    return recipes.sync_examples(EXAMPLES, "*.yaml", expected(), check)

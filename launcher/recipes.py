@@ -51,3 +51,20 @@ def all_recipes() -> list[Recipe]:
         if (path / "config.yaml").is_file() and any((path / e).is_file() for e in ENTRY_POINTS):
             found.append(load(str(path)))
     return found
+
+
+def sync_examples(directory: Path, pattern: str, files: dict[Path, str], check: bool) -> list[Path]:
+    """Make ``directory`` hold exactly ``files`` (path -> text) among its ``pattern`` files, or with
+    ``check`` only compare; return the files that differed. Files of recipes that no longer exist
+    count as stale and are removed."""
+    stale = [path for path, text in files.items()
+             if not path.is_file() or path.read_text(encoding="utf-8") != text]
+    stale += sorted(path for path in directory.glob(pattern) if path not in files)
+    if not check:
+        directory.mkdir(parents=True, exist_ok=True)
+        for path in stale:
+            if path in files:
+                path.write_text(files[path], encoding="utf-8")
+            else:
+                path.unlink()
+    return stale
