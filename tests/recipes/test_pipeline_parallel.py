@@ -19,16 +19,18 @@ pytestmark = pytest.mark.slow(minutes=2)  # trains real models; make test starts
 RECIPE = REPO / "recipes" / "pipeline-parallel" / "train.py"
 
 
-def pipeline(output_dir: Path, tiny_model: str, small_hotel: dict, *extra: str, nproc: int = 2):
-    """Run the recipe on the tiny model and a slice of the hotel data; fail with its output."""
+def launcher_args(output_dir: Path, tiny_model: str, small_hotel: dict, *extra: str, nproc: int = 2) -> list[str]:
+    """``launcher run`` of the recipe on the tiny model and a slice of the hotel data (``extra`` overrides win)."""
     overrides = [f"model_name={tiny_model}", f"dataset_name={small_hotel['train']}",
                  f"eval_dataset_name={small_hotel['eval']}", f"output_dir={output_dir}", "max_steps=8",
                  "learning_rate=3e-3", "batch_size=4", "n_microbatches=2", f"seq_length={TINY_SEQ_LENGTH}",
                  "logging_steps=1", "save_steps=4", "bf16=false", "eval_answer_field=null", *extra]
-    args = ["run", "recipes/pipeline-parallel", "--nproc", str(nproc)]
-    for item in overrides:
-        args += ["--set", item]
-    result = run_launcher(*args)
+    return ["run", "recipes/pipeline-parallel", "--nproc", str(nproc), *(a for o in overrides for a in ("--set", o))]
+
+
+def pipeline(output_dir: Path, tiny_model: str, small_hotel: dict, *extra: str, nproc: int = 2):
+    """Run the recipe (see launcher_args); fail with its output."""
+    result = run_launcher(*launcher_args(output_dir, tiny_model, small_hotel, *extra, nproc=nproc))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return read_metrics(output_dir)
 
@@ -66,12 +68,7 @@ def test_sigterm_resume_and_both_schedules_match_the_single_process_run(tmp_path
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "1f1b"
-    args = ["run", "recipes/pipeline-parallel", "--nproc", "2"]
-    for item in (f"model_name={tiny_model}", f"dataset_name={small_hotel['train']}",
-                 f"eval_dataset_name={small_hotel['eval']}", "eval_answer_field=null", f"output_dir={out}",
-                 "max_steps=400", "save_steps=1000", "logging_steps=1", "bf16=false", "batch_size=4",
-                 "n_microbatches=2", f"seq_length={TINY_SEQ_LENGTH}", "learning_rate=3e-3", *CONSTANT):
-        args += ["--set", item]
+    args = launcher_args(out, tiny_model, small_hotel, "max_steps=400", "save_steps=1000", *CONSTANT)
     proc = subprocess.Popen([sys.executable, "-u", "-m", "launcher.cli", *args], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines, deadline = [], time.time() + 300
