@@ -13,6 +13,8 @@ from recipekit import config as configlib
 RESOLVED_CONFIG = "resolved_config.yaml"
 METRICS = "metrics.json"
 LOSS_PLOT = "loss.png"
+UMASK = os.umask(0o022)
+os.umask(UMASK)  # read, and put back: temp files are created 0600, the files they become follow the umask
 
 
 def replace_atomically(path: Path, write: Callable[[str], None]) -> None:
@@ -23,6 +25,7 @@ def replace_atomically(path: Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~UMASK)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
