@@ -136,3 +136,17 @@ def test_nothing_is_attached_where_outputs_could_differ(tiny_model):
     dropout = get_peft_model(AutoModelForCausalLM.from_config(config),
                              LoraConfig(r=4, target_modules=LINEARS, layers_to_transform=[3]))
     assert frozen_prefix.reuse_frozen_prefix(dropout) is None
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_reused_outputs_under_gradient_checkpointing_give_the_same_grads(lora_on_top, reentrant):
+    """As peft sets it up: the embeddings' output requires grad, and every layer is recomputed in the backward."""
+    model, reference = lora_on_top
+    for net in (model, reference):
+        net.train()
+        net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        net.enable_input_require_grads()
+    cache = frozen_prefix.reuse_frozen_prefix(model)
+    for batch in (packed(A, B), packed(B, A)):
+        assert_same(loss_and_grads(model, batch), loss_and_grads(reference, batch))
+    assert (cache.hits, cache.misses) == (1, 1)
