@@ -48,8 +48,8 @@ def cached_weight_casts(model, enabled: bool = True):
     Autocast keeps its low-precision copy of a weight for the whole region only if the weight
     requires grad, so a frozen one (a LoRA base) is cast again for every generated token. This
     marks frozen weights as requiring grad for the duration (use under no_grad: no graph is built).
-    Used on CPU, where it took the hotel eval from 18.5 s to 15 s (one autocast region for all batches); on a GPU the casts are cheap
-    and the cached copies would cost memory.
+    Used on CPU, where it took the hotel eval from 18.5 s to 15 s (one autocast region for all
+    batches); on a GPU the casts are cheap and the cached copies would cost memory.
     """
     import torch
 

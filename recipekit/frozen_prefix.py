@@ -18,6 +18,8 @@ import logging
 import types
 from typing import Any
 
+from recipekit import hf
+
 log = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 1 << 30  # past this, no more documents are kept (those kept are still reused)
 
@@ -72,12 +74,8 @@ class FrozenPrefixCache:
 
     @staticmethod
     def _document_keys(ids, positions, autocast) -> list[tuple]:
-        """(start, end, key) per document of one row: a new document starts where the positions stop
-        counting up by one (the rule transformers' packed-sequence mask follows)."""
-        import torch
-
-        restarts = (torch.nonzero(positions[1:] != positions[:-1] + 1).flatten() + 1).tolist()
-        bounds = [0, *restarts, len(positions)]
+        """(start, end, key) per packed document of one row."""
+        bounds = hf.document_bounds(positions)
         return [(a, b, (ids[a:b].numpy().tobytes(), int(positions[a]), autocast))
                 for a, b in zip(bounds, bounds[1:])]
 

@@ -311,6 +311,16 @@ class PlainLossOnCPUMixin:
         return loss
 
 
+def document_bounds(positions) -> list[int]:
+    """Start offsets of the packed documents in one row of position ids, plus the row length. A
+    document starts where the positions stop counting up by one: the rule transformers' packed-sequence
+    mask follows."""
+    import torch
+
+    restarts = torch.nonzero(positions[1:] != positions[:-1] + 1).flatten() + 1
+    return [0, *restarts.tolist(), positions.numel()]
+
+
 class _DocumentAttention:
     """SDPA that attends within each packed document instead of masking one long row.
 
@@ -332,13 +342,11 @@ class _DocumentAttention:
 
         if self._last is not None and self._last[0] is position_ids and self._last[1] is mask:
             return self._last[2]
-        flat = position_ids[0]
-        restart = torch.ones_like(flat, dtype=torch.bool)
-        restart[1:] = flat[1:] != flat[:-1] + 1  # the rule transformers uses to find packed sequences
-        starts = torch.nonzero(restart).flatten().tolist()
-        bounds = [*starts, flat.numel()] if len(starts) > 1 and mask is not None else None
+        bounds = document_bounds(position_ids[0])
+        bounds = bounds if len(bounds) > 2 and mask is not None else None
         if bounds is not None:
-            document = torch.cumsum(restart.to(torch.int32), 0)
+            lengths = torch.tensor([end - start for start, end in zip(bounds, bounds[1:])])
+            document = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
             expected = (document[:, None] == document[None, :]).tril()
             if mask.dtype != torch.bool or mask.shape[-2:] != expected.shape or not torch.equal(mask[0, 0], expected):
                 bounds = None  # the mask also hides padding or something else: leave it to SDPA
