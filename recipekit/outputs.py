@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,19 +13,17 @@ from recipekit import config as configlib
 RESOLVED_CONFIG = "resolved_config.yaml"
 METRICS = "metrics.json"
 LOSS_PLOT = "loss.png"
-UMASK = os.umask(0o022)
-os.umask(UMASK)  # read, and put back: temp files are created 0600, the files they become follow the umask
 
 
 def replace_atomically(path: Path, write: Callable[[str], None]) -> None:
     """Have ``write`` fill a temp file next to ``path`` (same suffix), then rename it over ``path``:
     readers never see half a file, and a failed write leaves the old one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
+    tmp = str(path.with_name(f".{path.stem}-{uuid.uuid4().hex[:12]}{path.suffix}"))
+    # Created as any new file is (0666 less the umask), not 0600 as mkstemp would.
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~UMASK)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
