@@ -20,7 +20,8 @@ from typing import Any, Callable
 
 from recipekit import config as configlib
 from recipekit import hf
-from recipekit.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_USAGE, Preempted, UsageError
+from recipekit.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_USAGE, Preempted,
+                              ReplicasDiverged, UsageError)
 from recipekit.schema import ModelOptions
 
 
@@ -81,6 +82,9 @@ def run(main: Callable[[Any, bool], None], config_cls: type, description: str, r
         print(f"stopped: {exc}; exiting with {EXIT_PREEMPTED} so the scheduler retries and resumes",
               file=sys.stderr)
         sys.exit(EXIT_PREEMPTED)
+    except ReplicasDiverged as exc:
+        report([str(exc)])
+        sys.exit(EXIT_FAILED)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
 

@@ -25,3 +25,7 @@ class DataError(UsageError):
 
 class Preempted(Exception):
     """Training stopped on a signal after saving a complete checkpoint."""
+
+
+class ReplicasDiverged(Exception):
+    """Data-parallel ranks hold different weights: a bug, reported in one line, exit 1 (never retried)."""

@@ -90,3 +90,29 @@ def answer_hit_rate(model, tokenizer, rows: list[dict[str, Any]], messages_field
                for conv, row, reply in zip(conversations, rows, replies)]
     rate = sum(d["hit"] for d in details) / len(details) if details else 0.0
     return rate, details
+
+
+def evaluate_when_training_starts(trainer, enabled: bool) -> None:
+    """Have ``trainer.train()`` evaluate before its first step; the result is logged at step 0 and,
+    being in the log history, kept in every checkpoint (see ``starting_eval``).
+
+    Never ``trainer.evaluate()`` before ``train()``: accelerate then prepares the model for evaluation
+    only and marks it prepared, so ``train()`` skips wrapping it in DistributedDataParallel and each
+    rank trains its own replica on its own shard. ``eval_on_start`` evaluates inside ``train()``, after
+    the model is wrapped (under DeepSpeed, after its engine is built).
+    """
+    trainer.args.eval_on_start = enabled
+
+
+def starting_eval(log_history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The evaluation logged at step 0, by this run or by the one a resumed run continues; {} if none."""
+    return next((row for row in log_history if row.get("step") == 0 and "eval_loss" in row), {})
+
+
+def training_runtime(train_metrics: dict[str, Any], log_history: list[dict[str, Any]],
+                     evaluated_at_start: bool) -> float | None:
+    """Seconds ``train()`` spent training, without the evaluation it ran before the first step."""
+    runtime = train_metrics.get("train_runtime")
+    if runtime is not None and evaluated_at_start:
+        runtime -= starting_eval(log_history).get("eval_runtime", 0.0)
+    return None if runtime is None else round(runtime, 3)

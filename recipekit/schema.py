@@ -92,6 +92,8 @@ class TrainingOptions:
     save_total_limit: Optional[int] = option(2, help="keep only the newest N complete checkpoints; null = all",
                                              min=1, max=10**6)
     resume: bool = option(True, help="resume from the newest complete checkpoint in output_dir, if any")
+    replica_check_steps: int = option(0, help="data-parallel ranks compare their weights at every checkpoint "
+                                      "and at the end; N > 0 also every N steps", min=0, max=10**9)
     push_to_hub: bool = option(False, help="upload the final model to the Hub (needs network and a token)")
     hub_model_id: Optional[str] = option(None, help="Hub repo for push_to_hub, e.g. org/name")
 

@@ -25,7 +25,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from recipekit import checkpoint, data, distributed, entry, hf, models, outputs
+from recipekit import checkpoint, data, distributed, entry, evaluate, hf, models, outputs, replicas
 from recipekit.config import option
 from recipekit.errors import DataError, Preempted, UsageError
 from recipekit.schema import LoraOptions, ModelOptions, TrainingOptions
@@ -188,31 +188,31 @@ def train(cfg: Config, blocks: Blocks, tokenizer, model_path: str, token: str | 
         model = add_adapter(model, cfg)
         if distributed.is_main():
             model.print_trainable_parameters()
-    stop_callback, before_row = checkpoint.trainer_callback(stopper), {}
-    trainer = build_trainer(cfg, blocks, tokenizer, model, [stop_callback, checkpoint.keep_in_history(before_row)])
+    stop_callback, guard = checkpoint.trainer_callback(stopper), replicas.trainer_callback(cfg.replica_check_steps)
+    trainer = build_trainer(cfg, blocks, tokenizer, model, [stop_callback, guard, log_starting_perplexity()])
 
     # Measure the starting point, then train, resuming from the newest complete checkpoint.
     resume_from = checkpoint.latest_complete(cfg.output_dir) if cfg.resume else None
     metrics: dict = {"recipe": RECIPE, "objective": cfg.objective, "world_size": distributed.world_size(),
                      "device": str(trainer.args.device), "resumed_from": str(resume_from) if resume_from else None,
                      "block_size": cfg.block_size, **blocks.counts}
-    if resume_from is None and blocks.eval is not None:
-        loss = trainer.evaluate()["eval_loss"]
-        before_row.update(step=0, eval_loss=loss, eval_perplexity=perplexity(loss))
-        log.info("held-out perplexity before training: %.3f", before_row["eval_perplexity"])
+    evaluate_first = resume_from is None and blocks.eval is not None
+    evaluate.evaluate_when_training_starts(trainer, evaluate_first)
     distributed.barrier()
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if stop_callback.stopped:
         raise Preempted(f"checkpoint saved at step {trainer.state.global_step}")
 
     # Evaluate and save.
+    history = trainer.state.log_history
     metrics.update(train_loss=result.training_loss, global_step=trainer.state.global_step,
-                   train_runtime_s=result.metrics.get("train_runtime"))
+                   train_runtime_s=evaluate.training_runtime(result.metrics, history, evaluate_first),
+                   replicas_checked_at_steps=guard.checked)
     if blocks.eval is not None:
         # On a resumed run the starting point comes back from the checkpoint's log history.
-        before = next((row for row in trainer.state.log_history if row.get("step") == 0 and "eval_loss" in row), {})
+        before = evaluate.starting_eval(history).get("eval_loss")
         after = trainer.evaluate()["eval_loss"]
-        metrics.update(eval_loss_before=before.get("eval_loss"), perplexity_before=before.get("eval_perplexity"),
+        metrics.update(eval_loss_before=before, perplexity_before=None if before is None else perplexity(before),
                        eval_loss_after=after, perplexity_after=perplexity(after))
         if metrics["perplexity_before"]:
             metrics["perplexity_change"] = metrics["perplexity_after"] / metrics["perplexity_before"] - 1
@@ -285,6 +285,18 @@ def build_trainer(cfg: Config, blocks: Blocks, tokenizer, model, callbacks: list
                       optimizers=(hf.make_optimizer(model, cfg), None), callbacks=callbacks)
     trainer.eval_collator = eval_collator
     return trainer
+
+
+def log_starting_perplexity():
+    """A callback that logs the held-out perplexity of the evaluation before the first step."""
+    from transformers import TrainerCallback
+
+    class LogStartingPerplexity(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if state.global_step == 0 and metrics and "eval_loss" in metrics:
+                log.info("held-out perplexity before training: %.3f", perplexity(metrics["eval_loss"]))
+
+    return LogStartingPerplexity()
 
 
 def causal_collate(rows: list[dict]) -> dict:

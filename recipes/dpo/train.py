@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from recipekit import checkpoint, data, distributed, entry, hf, models, outputs
+from recipekit import checkpoint, data, distributed, entry, hf, models, outputs, replicas
 from recipekit.config import option
 from recipekit.errors import DataError, Preempted, UsageError
 from recipekit.schema import LoraOptions, ModelOptions, TrainingOptions
@@ -190,6 +190,7 @@ def train(cfg: Config, pairs: Pairs, model_path: str, tokenizer, token: str | No
 
     stopper = checkpoint.StopOnSignal()
     before_row: dict = {}
+    guard = replicas.trainer_callback(cfg.replica_check_steps)
     model = hf.load_causal_lm(model_path, cfg, cfg, token)
     args = DPOConfig(**hf.trainer_args(cfg), beta=cfg.beta, loss_type=[cfg.loss_type], max_length=cfg.max_length,
                      precompute_ref_log_probs=cfg.precompute_ref_log_probs)
@@ -200,7 +201,7 @@ def train(cfg: Config, pairs: Pairs, model_path: str, tokenizer, token: str | No
         model=model, ref_model=None, args=args, processing_class=tokenizer,
         train_dataset=pairs.train, eval_dataset=pairs.eval,
         peft_config=hf.lora_config(cfg, model) if cfg.use_peft else None,
-        callbacks=[checkpoint.trainer_callback(stopper), checkpoint.keep_in_history(before_row)],
+        callbacks=[checkpoint.trainer_callback(stopper), guard, checkpoint.keep_in_history(before_row)],
     )
     if trainer.args.device.type == "cpu":
         for scorer in (trainer.model, trainer.ref_model):
@@ -227,7 +228,7 @@ def train(cfg: Config, pairs: Pairs, model_path: str, tokenizer, token: str | No
     # Evaluate and save.
     step = trainer.state.global_step
     metrics.update(train_loss=result.training_loss, global_step=step,
-                   train_runtime_s=result.metrics.get("train_runtime"))
+                   train_runtime_s=result.metrics.get("train_runtime"), replicas_checked_at_steps=guard.checked)
     if pairs.eval is not None:
         # On a resumed run the starting point comes back from the checkpoint's log history.
         before = next((row for row in trainer.state.log_history

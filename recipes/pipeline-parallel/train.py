@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from recipekit import checkpoint, distributed, entry, hf, loop, models, outputs, sft_data
+from recipekit import checkpoint, distributed, entry, hf, loop, models, outputs, replicas, sft_data
 from recipekit.config import option
 from recipekit.errors import Preempted, UsageError
 from recipekit.schema import ModelOptions, TrainingOptions
@@ -240,6 +240,8 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
     # The tied embedding / LM head lives on the first and the last stage: their gradients are summed.
     tie_group = dist.new_group([0, world - 1]) if tied and world > 1 else None
     owned = [p for name, p in stage.named_parameters() if not (tied and not first and name == "lm_head.weight")]
+    tied_weight = (stage.model.embed_tokens if first else stage.lm_head).weight if tied and (first or last) else None
+    checked: list[int] = []
     optimizer = make_optimizer(stage, cfg)
     step_rows = cfg.batch_size * cfg.gradient_accumulation_steps
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(
@@ -306,18 +308,23 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
                             "grad_norm": grad_norm, "learning_rate": lr})
             log.info("step %d/%d  loss %.4f  grad_norm %.3f  lr %.2e", step, total_steps, loss, grad_norm, lr)
         state["global_step"] = step
-        saved = step % cfg.save_steps == 0
-        if saved:
+        stopping = stopper.agreed()
+        saving = stopping or step % cfg.save_steps == 0
+        if tie_group is not None and (first or last) and replicas.due(step, cfg.replica_check_steps,
+                                                                      saving or step == total_steps):
+            # The two copies of the tied weight must stay equal, as replicas of data parallelism must.
+            replicas.check([tied_weight], step, what="tied embedding / LM head", group=tie_group)
+            checked.append(step)
+        if saving:
             save_checkpoint(cfg, state, stage, optimizer, scheduler, rank, counts)
-        if stopper.agreed():
-            if not saved:
-                save_checkpoint(cfg, state, stage, optimizer, scheduler, rank, counts)
+        if stopping:
             raise Preempted(f"checkpoint saved at step {step}")
 
     # Evaluate and save: the stages are gathered into one HF checkpoint on rank 0.
     runtime = time.time() - started
     first_logged = next((row["loss"] for row in history if row.get("step") == 1 and "loss" in row), None)
     metrics.update(global_step=step, train_runtime_s=runtime, first_step_loss=first_logged,
+                   replicas_checked_at_steps=checked,
                    train_loss=sum(run_losses) / len(run_losses) if run_losses else None)
     after = evaluate()
     if after is not None:

@@ -46,6 +46,9 @@ class Config(SFTDataOptions, TrainingOptions, ModelOptions):
                             "use recipes/sft for QLoRA")
         if self.fp16:
             problems.append("fp16: not supported here (it needs loss scaling); use bf16: true")
+        if self.replica_check_steps:
+            problems.append("replica_check_steps: sft-fsdp shards every weight across the ranks, so there are no "
+                            "replicas to compare; leave it at 0")
         return problems
 
 

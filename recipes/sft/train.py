@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from recipekit import checkpoint, distributed, entry, frozen_prefix, hf, models, outputs, sft_data
+from recipekit import (checkpoint, distributed, entry, evaluate, frozen_prefix, hf, models, outputs, replicas,
+                       sft_data)
 from recipekit.errors import Preempted
 from recipekit.schema import LoraOptions, ModelOptions, TrainingOptions
 from recipekit.sft_data import SFTDataOptions
@@ -52,6 +53,7 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, *, recipe: s
         pass
 
     stopper = checkpoint.StopOnSignal()
+    guard = replicas.trainer_callback(cfg.replica_check_steps)
     model_path = models.resolve(cfg.model_name)
     if cfg.attn_implementation == "sdpa":
         hf.use_document_attention()  # packed rows: attend per document, not through a block mask (CPU)
@@ -66,7 +68,7 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, *, recipe: s
         eval_dataset=sft_data.to_trl_format(splits.eval, cfg, splits.kind),
         peft_config=hf.lora_config(cfg, model) if cfg.use_peft else None,
         optimizers=(hf.make_optimizer(model, cfg), None),
-        callbacks=[checkpoint.trainer_callback(stopper), *callbacks],
+        callbacks=[checkpoint.trainer_callback(stopper), guard, *callbacks],
     )
     if cfg.use_peft and distributed.is_main():
         trainer.model.print_trainable_parameters()
@@ -77,9 +79,9 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, *, recipe: s
     resume_from = checkpoint.latest_complete(cfg.output_dir) if cfg.resume else None
     metrics: dict = {"recipe": recipe, "resumed_from": str(resume_from) if resume_from else None,
                      "world_size": distributed.world_size(), "device": str(trainer.args.device)}
+    evaluate_first = resume_from is None and splits.eval is not None
+    evaluate.evaluate_when_training_starts(trainer, evaluate_first)
     if resume_from is None:
-        if splits.eval is not None and deepspeed is None:  # ZeRO-2 builds its engine only in train()
-            metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
         metrics["hit_rate_before"] = sft_data.hit_rate(trainer.model, tokenizer, splits.hit_rows, cfg, cfg,
                                                        hf.train_dtype(cfg), adapter=False)
         if metrics["hit_rate_before"] is not None:
@@ -90,9 +92,12 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, *, recipe: s
         raise Preempted(f"checkpoint saved at step {trainer.state.global_step}")
 
     # Evaluate and save.
+    history = trainer.state.log_history
     metrics.update(train_loss=result.training_loss, global_step=trainer.state.global_step,
-                   train_runtime_s=result.metrics.get("train_runtime"))
+                   train_runtime_s=evaluate.training_runtime(result.metrics, history, evaluate_first),
+                   replicas_checked_at_steps=guard.checked)
     if splits.eval is not None:
+        metrics["eval_loss_before"] = evaluate.starting_eval(history).get("eval_loss")
         metrics["eval_loss_after"] = trainer.evaluate()["eval_loss"]
     metrics["hit_rate_after"] = sft_data.hit_rate(trainer.model, tokenizer, splits.hit_rows, cfg, cfg,
                                                   hf.train_dtype(cfg), adapter=True)

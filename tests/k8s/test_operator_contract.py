@@ -1,7 +1,7 @@
 """(b) The operator contract: a rendered PyTorchJob trains to completion with exactly the env the
 Training Operator gives its pods.
 
-No cluster runs here, so this test plays the operator. It renders sft-zero2 as a PyTorchJob of
+No cluster runs here, so this test plays the operator. It renders sft as a PyTorchJob of
 2 replicas (Master + 1 Worker) x 1 process, on CPU, with `launcher render --backend k8s`, and
 starts one local process per replica running the container's command with the container's env
 from the manifest plus what the Training Operator v1.9 adds to every pod (its envvar.go and
@@ -19,8 +19,9 @@ What is translated from the pod to this machine, and nothing more:
 - the Master's Service name resolves to 127.0.0.1, and its port is a free local port (both
   "pods" are this host).
 
-The job is small (the tiny-random-llama alias, a few rows of local data, 2 steps, gloo, and
-DS_ACCELERATOR=cpu given as the job's --env) and runs under the shared heavy-work lock.
+The job is small (the tiny-random-llama alias, a few rows of local data, 2 steps, gloo) and
+evaluates before training, so it also shows that the two replicas stay identical (compared after
+every step) when an evaluation comes first.
 """
 
 from __future__ import annotations
@@ -71,11 +72,11 @@ def translate(value: str, paths: dict[str, str]) -> str:
 
 def test_rendered_pytorchjob_trains_with_the_operators_env(tmp_path, tiny_model, small_hotel):
     rendered = run_launcher(
-        "render", "recipes/sft-zero2", "--backend", "k8s", "--nodes", "2",
-        "--env", "DS_ACCELERATOR=cpu", "--env", "OMP_NUM_THREADS=1",
+        "render", "recipes/sft", "--backend", "k8s", "--nodes", "2", "--env", "OMP_NUM_THREADS=1",
         "--set", f"model_name={tiny_model}", "--set", f"dataset_name={small_hotel['train']}",
         "--set", f"eval_dataset_name={small_hotel['eval']}", "--set", "max_steps=2", "--set", "save_steps=2",
-        "--set", "batch_size=2", "--set", "logging_steps=1", "--set", "bf16=false", "--set", "eval_answer_field=null")
+        "--set", "batch_size=2", "--set", "logging_steps=1", "--set", "bf16=false", "--set", "eval_answer_field=null",
+        "--set", "replica_check_steps=1")
     assert rendered.returncode == 0, rendered.stderr
     config_map, job = k8s.manifests(rendered.stdout)
     assert job["kind"] == "PyTorchJob" and job["spec"]["nprocPerNode"] == "1"
@@ -129,4 +130,5 @@ def test_rendered_pytorchjob_trains_with_the_operators_env(tmp_path, tiny_model,
     job_dir = Path(translate(output_dir, paths))
     metrics = json.loads((job_dir / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["global_step"] == 2
+    assert metrics["eval_loss_before"] is not None and metrics["replicas_checked_at_steps"] == [1, 2]
     assert (job_dir / "checkpoint-2" / "COMPLETE").is_file()  # what a restarted pod resumes from

@@ -74,9 +74,10 @@ def test_lora_lowers_held_out_perplexity_and_every_output_loads(lora_run):
     assert metrics["perplexity_change"] == pytest.approx(metrics["perplexity_after"] / metrics["perplexity_before"] - 1)
     losses = logged_losses(metrics)
     assert len(losses) == 10 and losses[-1] < losses[0]
-    assert metrics["log_history"][0] == {"step": 0, "eval_loss": metrics["eval_loss_before"],
-                                         "eval_perplexity": metrics["perplexity_before"]}
+    first_row = metrics["log_history"][0]  # evaluated before step 1, so a resumed run finds it in the checkpoint
+    assert first_row["step"] == 0 and first_row["eval_loss"] == metrics["eval_loss_before"]
     assert "held-out perplexity: before" in result.stdout
+    assert f"held-out perplexity before training: {metrics['perplexity_before']:.3f}" in result.stderr
     assert (out / "loss.png").stat().st_size > 0 and list((out / "runs").rglob("events.out.tfevents*"))
     assert (out / "checkpoint-10" / "COMPLETE").is_file() and (out / "checkpoint-5" / "COMPLETE").is_file()
     assert f"block_size: {BLOCK}" in (out / "resolved_config.yaml").read_text()
@@ -124,9 +125,12 @@ def test_masked_lm_with_all_weights_on_a_users_own_text_file_with_two_ddp_proces
     # All weights: LoRA on a randomly initialised encoder learns too little in a few steps to show.
     result = pretext(out, tiny_encoder, "objective=mlm", "mlm_probability=0.3", "use_peft=false",
                      f"dataset_name={tmp_path / 'train.jsonl'}", f"eval_dataset_name={tmp_path / 'eval.jsonl'}",
-                     "dataset_text_field=body", "learning_rate=3e-3", "batch_size=2", nproc=2)
+                     "dataset_text_field=body", "learning_rate=3e-3", "batch_size=2", "replica_check_steps=1",
+                     nproc=2)
     metrics = read_metrics(out)
     assert metrics["objective"] == "mlm" and metrics["world_size"] == 2 and metrics["global_step"] == 10
+    # Evaluated before step 1 and still data-parallel: both ranks held the same weights after every step.
+    assert metrics["eval_loss_before"] is not None and metrics["replicas_checked_at_steps"] == list(range(1, 11))
     assert metrics["eval_loss_after"] < metrics["eval_loss_before"] - 0.5
     assert "held-out masked-token perplexity: before" in result.stdout
     assert not (out / "merged").exists() and (out / "checkpoint-10" / "COMPLETE").is_file()

@@ -35,13 +35,13 @@ def small_pairs(tmp_path_factory) -> dict[str, str]:
     return paths
 
 
-def dpo(output_dir: Path, tiny_model: str, pairs: dict, *extra: str):
+def dpo(output_dir: Path, tiny_model: str, pairs: dict, *extra: str, nproc: int = 1):
     """Run the recipe on the tiny model and the small pairs; fail with its output."""
     overrides = [f"model_name={tiny_model}", f"dataset_name={pairs['train']}", f"eval_dataset_name={pairs['eval']}",
                  *(f"{key}={column}" for key, column in FIELDS.items()), f"output_dir={output_dir}",
                  "max_steps=8", "learning_rate=5e-3", "batch_size=4", "beta=0.1", "logging_steps=1",
                  "save_steps=4", "bf16=false", *extra]
-    args = ["run", "recipes/dpo"]
+    args = ["run", "recipes/dpo", "--nproc", str(nproc)]
     for item in overrides:
         args += ["--set", item]
     result = run_launcher(*args)
@@ -128,12 +128,15 @@ def test_rerun_resumes_from_the_newest_complete_checkpoint(lora_run, tmp_path, t
     assert metrics["reward_margin_after"] > lora_run[2]["reward_margin_after"] * 0.5 > 0
 
 
-def test_full_fine_tuning_with_a_reference_copy(tmp_path, tiny_model, small_pairs):
+def test_full_fine_tuning_with_a_reference_copy_on_two_ranks(tmp_path, tiny_model, small_pairs):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "full"
-    dpo(out, tiny_model, small_pairs, "use_peft=false", "max_steps=4", "learning_rate=1e-3")
+    # 2 ranks x 2 pairs: the global batch of 4 the LoRA run takes in one process.
+    dpo(out, tiny_model, small_pairs, "use_peft=false", "max_steps=4", "learning_rate=1e-3", "batch_size=2",
+        "replica_check_steps=1", nproc=2)
     metrics = read_metrics(out)
+    assert metrics["world_size"] == 2 and metrics["replicas_checked_at_steps"] == [1, 2, 3, 4]
     assert metrics["preference_accuracy_before"] == 0.0 and metrics["reward_margin_before"] == 0.0
     assert metrics["reward_margin_after"] > 0.05 and metrics["preference_accuracy_after"] >= 0.75
     assert not (out / "merged").exists()

@@ -90,8 +90,10 @@ def test_sigterm_resume_and_both_schedules_match_the_single_process_run(tmp_path
 
     steps = stopped + 2
     resumed = pipeline(out, tiny_model, small_hotel, f"max_steps={steps}", "schedule=gpipe", "batch_size=2",
-                       "gradient_accumulation_steps=2", *CONSTANT)
+                       "gradient_accumulation_steps=2", "replica_check_steps=1", *CONSTANT)
     assert resumed["resumed_from"] == str(saved[0]) and resumed["global_step"] == steps
+    # The two stages' copies of the tied embedding / LM head were compared, and equal, after every step.
+    assert resumed["replicas_checked_at_steps"] == list(range(stopped + 1, steps + 1))
     assert resumed["world_size"] == 2 and resumed["layers_per_stage"] == [1, 1] and resumed["schedule"] == "gpipe"
     assert [row["step"] for row in resumed["log_history"] if "loss" in row] == list(range(1, steps + 1))
 

@@ -17,17 +17,20 @@ pytestmark = pytest.mark.slow(minutes=2)  # trains real models; make test starts
 CANARY = "hf_CANARY_7f3a9c1e5b"  # a Hub token's value, which must never be written anywhere
 
 
-def sft(output_dir: Path, tiny_model: str, small_hotel: dict, *extra: str, nproc: int = 1, recipe: str = "sft",
-        env: dict[str, str] | None = None):
-    """Run an SFT-style recipe on the tiny model and a slice of the hotel data; fail with its output."""
+def sft_args(output_dir: Path, tiny_model: str, small_hotel: dict, *extra: str, nproc: int = 1,
+             recipe: str = "sft") -> list[str]:
+    """``launcher run`` of an SFT-style recipe on the tiny model and a slice of the hotel data (``extra`` wins)."""
     overrides = [f"model_name={tiny_model}", f"dataset_name={small_hotel['train']}",
                  f"eval_dataset_name={small_hotel['eval']}", f"output_dir={output_dir}", "max_steps=8",
                  "learning_rate=3e-3", "batch_size=2", f"seq_length={TINY_SEQ_LENGTH}", "logging_steps=1",
                  "save_steps=4", "bf16=false", "eval_max_new_tokens=8", *extra]
-    args = ["run", f"recipes/{recipe}", "--nproc", str(nproc)]
-    for item in overrides:
-        args += ["--set", item]
-    result = run_launcher(*args, env=env)
+    return ["run", f"recipes/{recipe}", "--nproc", str(nproc), *(a for o in overrides for a in ("--set", o))]
+
+
+def sft(output_dir: Path, tiny_model: str, small_hotel: dict, *extra: str, nproc: int = 1, recipe: str = "sft",
+        env: dict[str, str] | None = None):
+    """Run an SFT-style recipe (see sft_args); fail with its output."""
+    result = run_launcher(*sft_args(output_dir, tiny_model, small_hotel, *extra, nproc=nproc, recipe=recipe), env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -91,11 +94,32 @@ def test_rerun_resumes_from_the_newest_complete_checkpoint(lora_run, tmp_path, t
     assert logged_losses(metrics)[:8] == logged_losses(lora_run[2])
 
 
-def test_two_ddp_processes(tmp_path, tiny_model, small_hotel):
-    out = tmp_path / "ddp"
-    sft(out, tiny_model, small_hotel, "max_steps=4", "eval_answer_field=null", nproc=2)
-    metrics = read_metrics(out)
-    assert metrics["world_size"] == 2 and metrics["global_step"] == 4
+def test_two_ranks_stay_identical_and_end_where_one_process_does_with_the_same_global_batch(
+        tmp_path, tiny_model, small_hotel):
+    """2 ranks x 1 row per step against 1 process x 2 accumulated micro-batches of 1 row: the same rows in
+    the same order, the same token-mean loss over the step, so the same updates. Only the gradient sums are
+    taken in another order (all-reduce against accumulation), a difference of the order of float32
+    rounding in each step (here none at all); after 8 AdamW steps at lr 3e-3 the weights must agree to 1e-6.
+    Replicas that each trained on their own half of the rows ended 2e-2 apart, so the tolerance cannot hide
+    that."""
+    from safetensors.torch import load_file
+
+    common = ("max_steps=8", "eval_answer_field=null", "batch_size=1")
+    two, one = tmp_path / "two-ranks", tmp_path / "one-process"
+    sft(two, tiny_model, small_hotel, *common, "replica_check_steps=1", nproc=2)
+    sft(one, tiny_model, small_hotel, *common, "gradient_accumulation_steps=2")
+    two_ranks, one_process = read_metrics(two), read_metrics(one)
+    # Evaluated before step 1, and both ranks held the very same weights after every step.
+    assert two_ranks["world_size"] == 2 and two_ranks["eval_loss_before"] is not None
+    assert two_ranks["replicas_checked_at_steps"] == list(range(1, 9))
+    assert logged_losses(two_ranks) == pytest.approx(logged_losses(one_process), rel=1e-6)
+
+    adapters = [load_file(run / "model" / "adapter_model.safetensors") for run in (two, one)]
+    assert adapters[0].keys() == adapters[1].keys()
+    trained = max(float(adapters[1][name].abs().max()) for name in adapters[1] if "lora_B" in name)
+    assert trained > 1e-3  # the adapters did move away from their zero start
+    gap = max(float((adapters[0][name] - adapters[1][name]).abs().max()) for name in adapters[0])
+    assert gap <= 1e-6, f"2-rank and 1-process weights differ by up to {gap}"
 
 
 @pytest.mark.gpu

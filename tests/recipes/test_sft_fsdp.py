@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -71,6 +72,30 @@ def test_two_ranks_train_and_the_export_is_the_trained_model(two_rank_run, small
     base = reply_loss(models.prepare_tiny(), small_hotel["eval"])
     assert abs(base - metrics["eval_loss_before"]) < 1e-3 * base
     assert (out / "loss.png").stat().st_size > 0 and "packing: true" in (out / "resolved_config.yaml").read_text()
+
+
+def test_two_ranks_match_one_process_with_the_same_global_batch(two_rank_run, tmp_path, tiny_model, small_hotel):
+    """FSDP shards every weight, so there is no replica to compare: its invariant is that the ranks together
+    take the step one process would. 2 ranks x 2 rows against 1 process x 4 rows, the same rows in the same
+    order: only the gradient reductions add in another order, float32 rounding apart. So the losses agree
+    to 1e-5, and each tensor's training update (final minus initial weights) to 1e-3 of its size (measured:
+    2e-5). A run on half the rows of each step, as a rank on its own would take, is 0.75 of it away."""
+    from safetensors.torch import load_file
+
+    from recipekit import models
+    from tests.recipes.test_fault_tolerance import final_weights
+
+    first_dir, _, two_ranks = two_rank_run
+    out = tmp_path / "one-process"
+    fsdp(out, tiny_model, small_hotel, "gradient_checkpointing=true", "batch_size=4", nproc=1)
+    one_process = read_metrics(out)
+    assert logged_losses(one_process) == pytest.approx(logged_losses(two_ranks), rel=1e-5)
+    assert one_process["eval_loss_after"] == pytest.approx(two_ranks["eval_loss_after"], rel=1e-5)
+    initial = load_file(next(Path(models.prepare_tiny()).glob("*.safetensors")))
+    weights, reference = final_weights(first_dir), final_weights(out)
+    assert weights.keys() == reference.keys() and initial.keys() <= weights.keys()
+    gap = max(float((weights[k] - reference[k]).norm() / (reference[k] - initial[k]).norm()) for k in initial)
+    assert gap <= 1e-3, f"2-rank and 1-process training updates differ by up to {gap} of their size"
 
 
 def test_checkpoint_of_two_ranks_resumes_in_one_process(two_rank_run, tmp_path, tiny_model, small_hotel):

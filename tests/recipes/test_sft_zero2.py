@@ -20,9 +20,12 @@ def test_trains_with_two_ranks_and_resumes_with_the_engine_checkpoint(tmp_path, 
     from peft import AutoPeftModelForCausalLM
 
     out = tmp_path / "z2"
-    result = zero2(out, tiny_model, small_hotel, "max_steps=4", "save_steps=2")
+    result = zero2(out, tiny_model, small_hotel, "max_steps=4", "save_steps=2", "replica_check_steps=1")
     first = read_metrics(out)
     assert first["world_size"] == 2 and first["global_step"] == 4
+    # Evaluated inside the engine's train() before step 1, and the ranks held the same weights after every step.
+    assert first["eval_loss_after"] < first["eval_loss_before"]
+    assert first["replicas_checked_at_steps"] == [1, 2, 3, 4]
     losses = logged_losses(first)
     assert losses[-1] < losses[0]
     assert (out / "checkpoint-4" / "global_step4").is_dir()  # the DeepSpeed engine's own checkpoint
@@ -35,6 +38,8 @@ def test_trains_with_two_ranks_and_resumes_with_the_engine_checkpoint(tmp_path, 
     zero2(out, tiny_model, small_hotel, "max_steps=6", "save_steps=2")
     resumed = read_metrics(out)
     assert resumed["resumed_from"] == str(out / "checkpoint-4") and resumed["global_step"] == 6
+    assert resumed["eval_loss_before"] == first["eval_loss_before"]  # from the checkpoint's log history
+    assert resumed["replicas_checked_at_steps"] == [6]  # the default: at checkpoints and the last step
     AutoPeftModelForCausalLM.from_pretrained(out / "model")
 
 

@@ -1,7 +1,7 @@
 """Real jobs on the two-node local Slurm cluster, submitted with `launcher submit` as a user would.
 
-- sft-zero2 on 2 nodes x 1 process (CPU, gloo) with the tiny model runs to the end, and its
-  outputs load;
+- sft on 2 nodes x 1 process (CPU, gloo) with the tiny model evaluates, then trains with both
+  nodes holding the same weights after every step, runs to the end, and its outputs load;
 - the same job, sent USR1 mid-training, checkpoints, requeues itself, resumes from that
   checkpoint and ends at the same step as the uninterrupted job, with every step trained once;
 - a search recipe with --workers 3 becomes a job array whose workers share the output dir.
@@ -26,8 +26,8 @@ from tests.conftest import REPO, TINY_SEQ_LENGTH, read_metrics, run_launcher
 pytestmark = pytest.mark.slow(minutes=4)
 
 STEPS = 24
-TINY = ["eval_split=null", "eval_answer_field=null", "bf16=false", "batch_size=2", f"seq_length={TINY_SEQ_LENGTH}",
-        "logging_steps=1", "save_steps=4", "save_total_limit=null", f"max_steps={STEPS}"]
+TINY = ["eval_answer_field=null", "bf16=false", "batch_size=2", f"seq_length={TINY_SEQ_LENGTH}", "logging_steps=1",
+        "save_steps=4", "save_total_limit=null", f"max_steps={STEPS}", "replica_check_steps=1"]
 
 
 def submit(*args: str) -> str:
@@ -39,8 +39,9 @@ def submit(*args: str) -> str:
 
 
 def submit_training(name: str, root: Path, tiny_model: str, small_hotel: dict) -> str:
-    sets = [f"model_name={tiny_model}", f"dataset_name={small_hotel['train']}", *TINY]
-    return submit("recipes/sft-zero2", "--profile", "local", "--nodes", "2", "--job-name", name,
+    sets = [f"model_name={tiny_model}", f"dataset_name={small_hotel['train']}",
+            f"eval_dataset_name={small_hotel['eval']}", *TINY]
+    return submit("recipes/sft", "--profile", "local", "--nodes", "2", "--job-name", name,
                   "--output-root", str(root), *[arg for item in sets for arg in ("--set", item)])
 
 
@@ -80,7 +81,7 @@ def preempt_when(job_id: str, ready, errors: list) -> None:
 
 @pytest.fixture(scope="module")
 def training_jobs(slurm_cluster, tmp_path_factory, tiny_model, small_hotel):
-    """Two identical sft-zero2 jobs; the second is preempted after its first checkpoint."""
+    """Two identical sft jobs; the second is preempted after its first checkpoint."""
     root = tmp_path_factory.mktemp("slurm-out")
     plain = submit_training("plain", root, tiny_model, small_hotel)
     preempted = submit_training("preempted", root, tiny_model, small_hotel)
@@ -92,7 +93,7 @@ def training_jobs(slurm_cluster, tmp_path_factory, tiny_model, small_hotel):
     subprocess.run(["scancel", plain, preempted])
 
 
-def test_sft_zero2_runs_on_two_nodes_and_its_outputs_load(training_jobs):
+def test_sft_runs_on_two_nodes_in_sync_and_its_outputs_load(training_jobs):
     from peft import AutoPeftModelForCausalLM
 
     job_id, out = training_jobs["plain"], training_jobs["root"] / "plain"
@@ -101,6 +102,15 @@ def test_sft_zero2_runs_on_two_nodes_and_its_outputs_load(training_jobs):
     assert job["NodeList"] == "node[1-2]" and job["Restarts"] == "0"
     metrics = read_metrics(out)
     assert metrics["world_size"] == 2 and metrics["global_step"] == STEPS
+    # Evaluated first, then data-parallel: the nodes' weights were equal after every step, and each node
+    # logged the same gradient norm at every step (a node training its own replica logs its own).
+    assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
+    assert metrics["replicas_checked_at_steps"] == list(range(1, STEPS + 1))
+    norms_by_step: dict[str, list[str]] = {}  # keyed by the logged epoch, which each step advances
+    for norm, epoch in re.findall(r"'grad_norm': '([^']+)'.*?'epoch': '([^']+)'", log_of(job_id)):
+        norms_by_step.setdefault(epoch, []).append(norm)
+    assert len(norms_by_step) == STEPS, norms_by_step
+    assert all(len(norms) == 2 and len(set(norms)) == 1 for norms in norms_by_step.values()), norms_by_step
     AutoPeftModelForCausalLM.from_pretrained(out / "model")
     # The resolved config sits next to the outputs, and is the one the recipe trained with.
     written = (out / "job-config.yaml").read_text()
