@@ -19,13 +19,11 @@ It is a keeper process (PID 1 in the container) around one child that runs torch
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 
-from launcher.local import children
+from launcher.signals import forwarded
 
-FORWARDED = (signal.SIGTERM, signal.SIGUSR1)
 AGENT = "--agent"
 
 
@@ -57,18 +55,8 @@ def agent(argv: list[str]) -> int:
 def keeper(argv: list[str]) -> int:
     """Start the agent, send stop signals to its workers, exit with its code."""
     proc = subprocess.Popen([sys.executable, "-m", "launcher.k8s_torchrun", AGENT, *argv])
-
-    def forward(signum, frame):
-        workers = children(proc.pid)
-        for pid in workers or [proc.pid]:  # no workers yet: torchrun stops itself
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
-
-    for sig in FORWARDED:
-        signal.signal(sig, forward)
-    code = exit_code(proc.wait())
+    with forwarded(proc, to_workers=True):
+        code = exit_code(proc.wait())
     reap_orphans()
     return code
 

@@ -7,15 +7,12 @@ backends run inside their containers.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-from pathlib import Path
 
 from launcher.recipes import Recipe
+from launcher.signals import forwarded
 from recipekit.errors import EXIT_PREEMPTED
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 def recipe_args(recipe: Recipe, config: str | None, overrides: tuple[str, ...]) -> list[str]:
@@ -40,17 +37,6 @@ def check(recipe: Recipe, config: str | None, overrides: tuple[str, ...], nproc:
                           stdout=subprocess.DEVNULL, env=env).returncode
 
 
-def children(pid: int) -> list[int]:
-    """Direct child processes of ``pid`` (Linux /proc)."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
-            found += [int(p) for p in task.read_text().split()]
-        except OSError:
-            pass
-    return found
-
-
 def run(recipe: Recipe, config: str | None, overrides: tuple[str, ...], nproc: int) -> int:
     """Run to completion, forwarding SIGTERM/SIGUSR1 to the training processes.
 
@@ -65,22 +51,8 @@ def run(recipe: Recipe, config: str | None, overrides: tuple[str, ...], nproc: i
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     proc = subprocess.Popen(command(recipe, config, overrides, nproc), env=env)
-    forwarded: list[int] = []
-
-    def forward(signum, frame):
-        forwarded.append(signum)
-        for pid in (children(proc.pid) if nproc > 1 else [proc.pid]):
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
-
-    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
-    try:
+    with forwarded(proc, to_workers=nproc > 1) as signals:
         code = proc.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if forwarded and nproc > 1 and code != 0:
+    if signals and nproc > 1 and code != 0:
         return EXIT_PREEMPTED
     return code

@@ -1,0 +1,52 @@
+"""Stop signals passed on to the training processes: one piece for `launcher run` and the k8s pods.
+
+The recipes turn SIGTERM and SIGUSR1 into "checkpoint at the next step, then exit 143". When
+the child is a torchrun agent, the signals go to its workers rather than to the agent, which
+would stop them itself without a checkpoint; while it has no workers yet, the agent gets them
+and stops before any training started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def children(pid: int) -> list[int]:
+    """Direct child processes of ``pid`` (Linux /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(p) for p in task.read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
+@contextlib.contextmanager
+def forwarded(proc: subprocess.Popen, to_workers: bool) -> Iterator[list[int]]:
+    """While inside, SIGTERM/SIGUSR1 sent to this process go to ``proc``: with ``to_workers`` (``proc``
+    is a torchrun agent) to its children, or to ``proc`` itself while it has none. Yields the list
+    of signals forwarded so far; the previous handlers are back afterwards."""
+    received: list[int] = []
+
+    def forward(signum, frame):
+        received.append(signum)
+        for pid in (children(proc.pid) if to_workers else []) or [proc.pid]:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
