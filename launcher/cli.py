@@ -1,22 +1,77 @@
-"""The ``launcher`` command line."""
+"""The ``launcher`` command line: the options are parsed here, and a backend does the work.
+
+``run`` and ``validate`` use the local backend; ``render``, ``submit``, ``status``, ``logs`` and
+``cancel`` the scheduler that ``--backend`` names, through its one interface (launcher/backend.py),
+with no branch per backend here. Library code raises launcher.errors' exceptions, and
+``LauncherCommand`` turns them into click's: one line on stderr, exit code 2 for bad input and 1
+for a failed cluster operation, never a traceback.
+"""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 import click
 
-from launcher import __version__, jobspec, local, profiles, recipes
+from launcher import __version__, appspec, errors, local, options, profiles, recipes
+from launcher.appspec import AppSpec
+from launcher.backend import SCHEDULERS, Notice, get, refuse_others
+from launcher.checks import shown
 
 CONFIG = click.option("--config", type=click.Path(dir_okay=False), default=None,
                       help="config YAML to use instead of the recipe's config.yaml")
 OVERRIDES = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                          help="override a config key (repeatable)")
+# Fields no option of their own names (every other field is named by its option's flag).
+FIELD_NAMES = {"output_dir": "--set output_dir", "overrides": "--set", "config": "the resolved config",
+               "tolerations": "the profile's tolerations", "recipe": "RECIPE", "profile": "--profile",
+               "dry_run_server": "--dry-run"}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def flag(command: click.Command, field: str) -> str:
+    """How the command line names ``field``: its option's flag (``env.NAME``: ``--env NAME``)."""
+    head, dot, key = field.partition(".")
+    if head in FIELD_NAMES or head.isupper():
+        return FIELD_NAMES.get(head, head)
+    option = next((p for p in command.params if isinstance(p, click.Option) and p.name == head), None)
+    if option is None:
+        return "--" + head.replace("_", "-")
+    name = next(o for o in option.opts if o.startswith("--"))
+    return f"{name} {key}" if dot and option.multiple else name
+
+
+class Failure(click.ClickException):
+    """A launcher error as click shows it: ``Error: <one line>`` and the error's exit code."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class LauncherCommand(click.Command):
+    """A command whose launcher errors become one-line messages and exit codes."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except errors.RecipeNotFound as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param_hint="RECIPE") from None
+        except errors.ConfigRejected as exc:  # the recipe printed its problems, one line each
+            sys.stderr.write(exc.report)
+            ctx.exit(exc.exit_code)
+        except errors.FieldError as exc:
+            raise Failure(f"{flag(self, exc.field)}: {exc.problem}", exc.exit_code) from None
+        except errors.LauncherError as exc:
+            raise Failure(str(exc), exc.exit_code) from None
+
+
+class LauncherGroup(click.Group):
+    command_class = LauncherCommand
+    group_class = type  # subgroups are LauncherGroups too
+
+
+@click.group(cls=LauncherGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="launcher")
 def main() -> None:
     """Fine-tuning recipes that run the same locally, on Slurm and on Kubernetes."""
@@ -39,7 +94,10 @@ def list_recipes() -> None:
               help="processes on this machine; more than 1 runs under torchrun (DDP)")
 def run(recipe: str, config: str | None, overrides: tuple[str, ...], nproc: int) -> None:
     """Run RECIPE (a directory such as recipes/sft, or its name) on this machine."""
-    sys.exit(local.run(recipes.load(recipe), config, overrides, nproc))
+    loaded = recipes.load(recipe)
+    backend = local.LocalBackend()
+    app = AppSpec(loaded, loaded.name, config=config, overrides=overrides, nproc_per_node=nproc)
+    sys.exit(backend.submit(backend.dryrun(app)))
 
 
 @main.command()
@@ -49,8 +107,7 @@ def run(recipe: str, config: str | None, overrides: tuple[str, ...], nproc: int)
 def validate(recipe: str, config: str | None, overrides: tuple[str, ...]) -> None:
     """Check RECIPE's config and data, and print the resolved config."""
     loaded = recipes.load(recipe)
-    code = subprocess.run([sys.executable, *local.recipe_args(loaded, config, overrides), "--check"]).returncode
-    sys.exit(code)
+    sys.exit(local.validate(AppSpec(loaded, loaded.name, config=config, overrides=overrides)))
 
 
 @main.group()
@@ -91,37 +148,15 @@ def try_model(output: str, prompts: tuple[str, ...], max_new_tokens: int) -> Non
 
 
 # ---------------------------------------------------------------------------------------------
-# Cluster backends: render / submit / status / logs / cancel (--backend slurm | k8s)
+# Schedulers: render / submit / status / logs / cancel (--backend slurm | k8s)
 
-BACKENDS = ("slurm", "k8s")
-
-
-class BadInput(click.ClickException):
-    """Bad input: one line on stderr, exit code 2 (like a recipe's config errors)."""
-
-    exit_code = 2
-
-
-OPTION_NAMES = {"gpus_per_node": "--gpus", "output_dir": "--set output_dir", "config": "the resolved config",
-                "profile": "--profile", "overrides": "--set", "labels": "--label", "annotations": "--annotation",
-                "node_selector": "--node-selector", "secret_env": "--secret-env", "job_name": "--job-name",
-                "tolerations": "the profile's tolerations", "cpu": "--cpus-per-task", "mounts": "--mount",
-                "modules": "--module"}
-
-
-def option_name(field: str) -> str:
-    head, dot, key = field.partition(".")
-    if dot and head in ("env", "labels", "annotations", "node_selector", "secret_env"):
-        return f"{OPTION_NAMES.get(head, '--' + head)} {key}"
-    return OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
-
-
-def bad_field(exc: jobspec.FieldError) -> BadInput:
-    return BadInput(f"{option_name(exc.field)}: {exc.problem}")
-
-
+# The choices are the backends' own (tests/launcher/test_cli.py holds them equal), written out so
+# that parsing the command line imports no backend.
+CONTAINERS = ("none", "apptainer", "singularity", "enroot")
+APIS = ("pytorchjob", "trainjob")
+CLEAN_POD_POLICIES = ("Running", "All", "None")
 K8S_OPTIONS = [
-    click.option("--api", type=click.Choice(["pytorchjob", "trainjob"]), default=None,
+    click.option("--api", type=click.Choice(APIS), default=None,
                  help="k8s: a Kubeflow PyTorchJob (Training Operator) or a Trainer v2 TrainJob  [default: pytorchjob]"),
     click.option("--namespace", help="k8s: the namespace  [default: the kubeconfig context's]"),
     click.option("--pvc", help="k8s: PersistentVolumeClaim for outputs and checkpoints, mounted at /outputs"),
@@ -140,7 +175,7 @@ K8S_OPTIONS = [
     click.option("--backoff-limit", type=int, help="k8s: pod restarts before the job fails  [default: 3]"),
     click.option("--ttl-seconds-after-finished", type=int,
                  help="k8s: delete the finished job after this many seconds  [default: 7 days]"),
-    click.option("--clean-pod-policy", type=click.Choice(["Running", "All", "None"]),
+    click.option("--clean-pod-policy", type=click.Choice(CLEAN_POD_POLICIES),
                  help="k8s: which pods to delete when the job finishes  [default: Running]"),
     click.option("--memory", help="k8s: memory request and limit of each pod, e.g. 200Gi"),
     click.option("--training-runtime",
@@ -155,7 +190,7 @@ def job_options(command):
         click.argument("recipe"),
         CONFIG,
         OVERRIDES,
-        click.option("--backend", type=click.Choice(BACKENDS), default="slurm", show_default=True,
+        click.option("--backend", type=click.Choice(SCHEDULERS), default="slurm", show_default=True,
                      help="the cluster scheduler: Slurm, or Kubernetes with Kubeflow"),
         click.option("--profile", "profile_name", metavar="NAME",
                      help="cluster profile from launcher.yaml (default: its default_profile)"),
@@ -173,7 +208,7 @@ def job_options(command):
         click.option("--qos", help="Slurm QOS"),
         click.option("--time", help="time limit: MINUTES, HH:MM:SS or DAYS-HH:MM:SS (k8s: the job's deadline)"),
         click.option("--cpus-per-task", type=int, help="CPUs per node for its processes (k8s: the pods' CPU request)"),
-        click.option("--container", type=click.Choice(jobspec.CONTAINERS), help="Slurm: how the nodes run the code"),
+        click.option("--container", type=click.Choice(CONTAINERS), help="Slurm: how the nodes run the code"),
         click.option("--image", help="Slurm: apptainer .sif file, or enroot/pyxis image; k8s: container image"),
         click.option("--mount", "mounts", multiple=True, metavar="SRC[:DST]", help="Slurm: bind mount (repeatable)"),
         click.option("--workdir", help="Slurm: the dir holding recipes/ on the nodes  [default: this checkout]"),
@@ -191,72 +226,48 @@ def job_options(command):
     return command
 
 
-def pairs(option: str, items: tuple[str, ...]) -> dict[str, str]:
+def pairs(key: str, items: tuple[str, ...]) -> dict[str, str]:
     found = {}
     for item in items:
-        key, sep, value = item.partition("=")
+        name, sep, value = item.partition("=")
         if not sep:
-            raise BadInput(f"{option}: expected NAME=VALUE, got {jobspec.shown(item)}")
-        found[key] = value
+            raise errors.FieldError(key, f"expected NAME=VALUE, got {shown(item)}")
+        found[name] = value
     return found
 
 
-def backend_options(backend: str, options: dict) -> dict:
-    """The profile overrides for ``backend``; an option of the other backend is an error."""
-    other = profiles.K8S_KEYS + ("api",) if backend == "slurm" else profiles.SLURM_KEYS
-    for key in other:
-        if options.get(key) not in (None, (), {}):
-            raise BadInput(f"{option_name(key)}: only used with --backend {'k8s' if backend == 'slurm' else 'slurm'}")
-    values = {key: value for key, value in options.items() if key not in other}
-    for key in PAIR_OPTIONS:
-        if key in values:
-            values[key] = pairs(option_name(key), values[key])
-    return values
+def given(values: dict) -> dict:
+    """The options the command line was given (click leaves None, False or () for the others)."""
+    return {key: value for key, value in values.items() if options.given(value)}
 
 
-def build_job(recipe: str, config, overrides, backend, profile_name, nodes, gpus_per_node, nproc_per_node,
-              workers, job_name, **options):
-    """The backend's typed job (a JobSpec for Slurm, a K8sJob for Kubernetes) from the command line."""
+def request(recipe: str, config, overrides, backend, profile_name, nodes, gpus_per_node, nproc_per_node, workers,
+            job_name, **cli):
+    """The scheduler and its request (the dry run) for the command line's job."""
     loaded = recipes.load(recipe)
-    values = backend_options(backend, options)
-    api = values.pop("api", None)
-    try:
-        profile = profiles.override(profiles.load(profile_name), values)
-        if backend == "k8s":
-            from launcher import k8s
-
-            if loaded.entry.name == "search.py" and nodes > 1 and workers == 1:
-                click.echo(f"note: {loaded.name} is a search recipe: --nodes {nodes} runs {nodes} worker pods "
-                           f"sharing one study (as --workers {nodes}); each worker is one process", err=True)
-            return k8s.build(loaded, profile, config=config, overrides=overrides, nodes=nodes,
-                             gpus_per_node=gpus_per_node, nproc_per_node=nproc_per_node, workers=workers,
-                             job_name_base=job_name, api=api or "pytorchjob")
-        return jobspec.build(loaded, profile, config=config, overrides=overrides, nodes=nodes,
-                             gpus_per_node=gpus_per_node, nproc_per_node=nproc_per_node, workers=workers,
-                             job_name=job_name)
-    except profiles.ProfileError as exc:
-        raise BadInput(str(exc)) from None
-    except jobspec.FieldError as exc:
-        raise bad_field(exc) from None
-
-
-def render_job(job) -> str:
-    from launcher import k8s, slurm
-
-    return k8s.render(job) if isinstance(job, k8s.K8sJob) else slurm.render(job)
+    scheduler = get(backend)
+    refuse_others(scheduler, cli)
+    cli = {key: pairs(key, value) if key in PAIR_OPTIONS else value for key, value in given(cli).items()}
+    app, opts, notes = appspec.plan(scheduler, profiles.load(profile_name), loaded, cli, config=config,
+                                    overrides=overrides, nodes=nodes, gpus_per_node=gpus_per_node,
+                                    nproc_per_node=nproc_per_node, workers=workers, job_name=job_name)
+    for note in notes:
+        click.echo(note, err=True)
+    return scheduler, scheduler.dryrun(app, opts)
 
 
 @main.command()
 @job_options
 def render(**options) -> None:
     """Print the job script (Slurm) or manifests (k8s) that run RECIPE on a cluster; nothing is submitted."""
-    click.echo(render_job(build_job(**options)), nl=False)
+    _, dryrun = request(**options)
+    click.echo(dryrun.text, nl=False)
 
 
 CONTEXT = click.option("--context", help="k8s: kubeconfig context  [default: the current one]")
 
 
-class DryRunCommand(click.Command):
+class DryRunCommand(LauncherCommand):
     """``--dry-run`` is a flag; ``--dry-run=server`` (kubectl's spelling) is its server-side form."""
 
     def parse_args(self, ctx, args):
@@ -274,62 +285,22 @@ class DryRunCommand(click.Command):
 @CONTEXT
 def submit(dry_run_client: bool, dry_run_server: bool, context: str | None, **options) -> None:
     """Submit RECIPE to a cluster; prints the job's id or name and how to follow it."""
-    dry_run = "server" if dry_run_server else "client" if dry_run_client else None
-    if options["backend"] == "k8s":
-        return submit_k8s(build_job(**options), dry_run, context)
-    if context is not None:
-        raise BadInput("--context: only used with --backend k8s")
-    if dry_run == "server":
-        raise BadInput("--dry-run: server is only for --backend k8s; use --dry-run")
-    from launcher import slurm
-
-    spec = build_job(**options)
-    script = slurm.render(spec)
-    if dry_run:
-        click.echo(script, nl=False)
-        click.echo(f"dry run: would write {spec.job_dir}/{slurm.SCRIPT_NAME} and run "
-                   f"sbatch --parsable {spec.job_dir}/{slurm.SCRIPT_NAME}", err=True)
+    connection = given({"context": context, "dry_run_server": dry_run_server})
+    refuse_others(get(options["backend"]), connection)
+    scheduler, dryrun = request(**options)
+    if dry_run_client and not dry_run_server:
+        click.echo(dryrun.text, nl=False)
+        click.echo(scheduler.dry_run_summary(dryrun), err=True)
         return
-    try:
-        job_id = slurm.submit(spec, script)
-    except slurm.SlurmError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"submitted job {job_id} ({spec.job_name})")
-    click.echo(f"log:     {slurm.submitted_log(spec, job_id)}")
-    click.echo(f"outputs: {spec.job_dir}")
-    click.echo(f"follow:  launcher logs {job_id} --follow   (status: launcher status {job_id}, "
-               f"cancel: launcher cancel {job_id})")
-
-
-def submit_k8s(job, dry_run: str | None, context: str | None) -> None:
-    from launcher import k8s
-
-    if dry_run == "client":
-        click.echo(k8s.render(job), nl=False)
-        click.echo(f"dry run: would create ConfigMap {job.config_map} and {job.kind} {job.name} "
-                   f"(in namespace {job.namespace or 'of the kubeconfig context'})", err=True)
-        return
-    try:
-        cluster = k8s.connect(job.namespace, context)
-        k8s.submit(job, cluster, dry_run=dry_run == "server")
-    except k8s.K8sError as exc:
-        raise click.ClickException(str(exc)) from None
-    where = f"-n {cluster.namespace}"
-    if dry_run:
-        click.echo(f"dry run (server): the API server accepted ConfigMap {job.config_map} and {job.kind} {job.name} "
-                   f"in namespace {cluster.namespace}; nothing was created")
-        return
-    click.echo(f"submitted {job.kind} {job.name} in namespace {cluster.namespace}")
-    click.echo(f"outputs: {job.spec.job_dir} on PVC {job.pvc}")
-    click.echo(f"follow:  launcher logs {job.name} --backend k8s {where} --follow   (status: launcher status "
-               f"{job.name} --backend k8s {where}, cancel: launcher cancel {job.name} --backend k8s {where})")
+    for line in scheduler.submit(dryrun, **connection):
+        click.echo(line)
 
 
 def manage_options(command):
     """The options of status, logs and cancel: which scheduler, and for k8s where the job is."""
     for option in reversed([
         click.argument("job"),
-        click.option("--backend", type=click.Choice(BACKENDS), default="slurm", show_default=True,
+        click.option("--backend", type=click.Choice(SCHEDULERS), default="slurm", show_default=True,
                      help="the cluster scheduler"),
         click.option("--namespace", help="k8s: the job's namespace  [default: the kubeconfig context's]"),
         CONTEXT,
@@ -338,158 +309,56 @@ def manage_options(command):
     return command
 
 
-def checked_job_id(job: str) -> str:
-    from launcher import slurm
-
-    if not slurm.JOB_ID.fullmatch(job):
-        raise BadInput(f"JOB: expected a Slurm job id such as 1234 or 1234_5, got {jobspec.shown(job)}")
-    return job
-
-
-def k8s_cluster(job: str, namespace: str | None, context: str | None):
-    """The connection for a k8s job named ``job`` (checked first, so a bad name never reaches the API)."""
-    from launcher import k8s, k8s_fields
-
-    try:
-        k8s_fields.check_job_name("JOB", job, 63)
-        if namespace is not None:
-            k8s_fields.check_dns1123_label("--namespace", namespace)
-    except jobspec.FieldError as exc:
-        raise BadInput(str(exc)) from None
-    try:
-        return k8s.connect(namespace, context)
-    except k8s.K8sError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def slurm_only(backend: str, namespace: str | None, context: str | None) -> None:
-    for name, value in (("--namespace", namespace), ("--context", context)):
-        if value is not None:
-            raise BadInput(f"{name}: only used with --backend k8s")
+def scheduler_for(backend: str, cli: dict):
+    """The scheduler ``--backend`` names, and the options of the command it reads."""
+    scheduler = get(backend)
+    refuse_others(scheduler, cli)
+    return scheduler, given(cli)
 
 
 @main.command()
 @manage_options
-def status(job: str, backend: str, namespace: str | None, context: str | None) -> None:
+def status(job: str, backend: str, **cli) -> None:
     """Show a submitted job's state (Slurm: scontrol; k8s: the job's conditions and its pods)."""
-    if backend == "k8s":
-        from launcher import k8s
-
-        cluster = k8s_cluster(job, namespace, context)
-        try:
-            for line in k8s.status(cluster, job):
-                click.echo(line)
-        except k8s.K8sError as exc:
-            raise click.ClickException(str(exc)) from None
-        return
-    slurm_only(backend, namespace, context)
-    from launcher import slurm
-
-    job = checked_job_id(job)
-    try:
-        states = slurm.show(job)
-        logs = slurm.log_files(job)
-    except slurm.SlurmError as exc:
-        raise click.ClickException(str(exc)) from None
-    if not states:
-        record = slurm.recorded(job)
-        if record is None:
-            raise BadInput(f"JOB: Slurm does not know job {job}, and it was not submitted from here")
-        click.echo(f"job {job} ({record['name']}): no longer known to Slurm (finished; see its log)")
-    for state in states:
-        click.echo(state.summary())
-    for log in logs:
-        click.echo(f"log: {log}")
+    scheduler, where = scheduler_for(backend, cli)
+    for line in scheduler.status(job, **where):
+        click.echo(line)
 
 
 @main.command()
 @manage_options
 @click.option("-f", "--follow", is_flag=True, help="keep printing as the log grows (Ctrl-C to stop)")
-def logs(job: str, backend: str, namespace: str | None, context: str | None, follow: bool) -> None:
+def logs(job: str, backend: str, follow: bool, **cli) -> None:
     """Print a submitted job's log (Slurm: its output file; k8s: the rank-0 pod's log)."""
-    if backend == "k8s":
-        from launcher import k8s
-
-        cluster = k8s_cluster(job, namespace, context)
-        try:
-            for chunk in k8s.logs(cluster, job, follow=follow):
-                click.echo(chunk, nl=False)
-        except k8s.K8sError as exc:
-            raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:
-            sys.exit(130)
-        return
-    slurm_only(backend, namespace, context)
-    from launcher import slurm
-
-    job = checked_job_id(job)
+    scheduler, where = scheduler_for(backend, cli)
     try:
-        files = slurm.log_files(job)
-    except slurm.SlurmError as exc:
-        raise click.ClickException(str(exc)) from None
-    if not files:
-        raise BadInput(f"JOB: Slurm does not know job {job}, and it was not submitted from here")
-    if follow:
-        try:
-            sys.exit(subprocess.run(["tail", "-n", "+1", "-F", *files]).returncode)
-        except KeyboardInterrupt:
-            sys.exit(130)
-    for path in files:
-        if len(files) > 1:
-            click.echo(f"==> {path} <==")
-        try:
-            click.echo(Path(path).read_text(encoding="utf-8", errors="replace"), nl=False)
-        except FileNotFoundError:
-            click.echo(f"(no log yet at {path}: the job has not started)", err=True)
+        for chunk in scheduler.logs(job, follow=follow, **where):
+            click.echo(chunk, nl=False, err=isinstance(chunk, Notice))
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 @main.command()
 @manage_options
 @click.option("--preempt", is_flag=True,
               help="Slurm: instead of cancelling, USR1, so the job checkpoints, requeues itself and resumes")
-def cancel(job: str, backend: str, namespace: str | None, context: str | None, preempt: bool) -> None:
+def cancel(job: str, backend: str, **cli) -> None:
     """Cancel a submitted job (k8s: delete the job, its pods and its ConfigMap; outputs stay on the PVC)."""
-    if backend == "k8s":
-        from launcher import k8s
-
-        if preempt:
-            raise BadInput("--preempt: only used with --backend slurm (on Kubernetes, `kubectl delete pod` of one "
-                           "of the job's pods makes it checkpoint and restart)")
-        cluster = k8s_cluster(job, namespace, context)
-        try:
-            kind = k8s.cancel(cluster, job)
-        except k8s.K8sError as exc:
-            raise click.ClickException(str(exc)) from None
-        click.echo(f"deleted {kind} {job} and ConfigMap {job}-config in namespace {cluster.namespace}")
-        return
-    slurm_only(backend, namespace, context)
-    from launcher import slurm
-
-    job = checked_job_id(job)
-    try:
-        if preempt:
-            slurm.command("scancel", "--signal=USR1", "--batch", job)
-        else:
-            slurm.cancel(job)
-    except slurm.SlurmError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"{'sent USR1 to' if preempt else 'cancelled'} job {job}")
+    scheduler, where = scheduler_for(backend, cli)
+    click.echo(scheduler.cancel(job, **where))
 
 
 @main.command()
 @click.option("--check", is_flag=True, help="compare with the files instead of writing them (exit 1 if stale)")
-@click.option("--backend", type=click.Choice(BACKENDS), default=None, help="only this backend's examples")
+@click.option("--backend", type=click.Choice(SCHEDULERS), default=None, help="only this backend's examples")
 def examples(check: bool, backend: str | None) -> None:
     """Regenerate slurm/examples/ and k8s/examples/: every recipe rendered with the example profiles."""
-    from launcher import k8s_examples, slurm_examples
+    from launcher import examples as example_files
 
     stale = []
-    try:
-        for name, module in (("slurm", slurm_examples), ("k8s", k8s_examples)):
-            if backend in (None, name):
-                stale += module.write(check=check)
-    except (profiles.ProfileError, jobspec.FieldError) as exc:
-        raise BadInput(str(exc)) from None
+    for name, example_set in example_files.SETS.items():
+        if backend in (None, name):
+            stale += example_files.write(example_set, check=check)
     for path in stale:
         click.echo(f"{'stale' if check else 'wrote' if path.exists() else 'removed'}: {path}")
     if check and stale:

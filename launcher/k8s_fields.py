@@ -13,7 +13,8 @@ import re
 import unicodedata
 from typing import Any
 
-from launcher.jobspec import FieldError, shown
+from launcher.checks import shown
+from launcher.errors import FieldError
 
 _DNS1123_LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
 DNS1123_LABEL = re.compile(_DNS1123_LABEL)
@@ -220,19 +221,7 @@ def check_secret_env(name: str, value: Any) -> dict[str, str]:
 
 
 def check_k8s_env(name: str, env: dict[str, str]) -> dict[str, str]:
-    """The job's plain env vars, on top of jobspec's checks: none the operator or torchrun sets."""
+    """The job's plain env vars, on top of checks.check_env: none the operator or torchrun sets."""
     for key in env:
         check_env_name(name, key)
     return env
-
-
-def check_clean_pod_policy(name: str, value: Any) -> str:
-    if value not in CLEAN_POD_POLICIES:
-        raise FieldError(name, f"must be one of {', '.join(CLEAN_POD_POLICIES)}, got {shown(value)}")
-    return value
-
-
-def check_count(name: str, value: Any, low: int, high: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise FieldError(name, f"must be an integer from {low} to {high}, got {shown(value)}")
-    return value

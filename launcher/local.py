@@ -1,58 +1,78 @@
-"""The local backend: run a recipe's entry point directly, or under torchrun for several processes.
+"""The local backend: run a recipe's entry point on this machine, directly or under torchrun.
 
-The argv built here is the same ``<entry> --config <file> --set ...`` that the cluster
-backends run inside their containers.
+The argv built here is the same ``<entry> --config <file> --set ...`` that the cluster backends
+run inside their containers. A local run lives as long as ``launcher run``: its log is the
+terminal, and SIGTERM/SIGUSR1 sent to the launcher reach the training processes.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
+from typing import Mapping
 
-from launcher.recipes import Recipe
+from launcher.appspec import AppSpec
 from launcher.signals import forwarded
 from recipekit.errors import EXIT_PREEMPTED
 
 
-def recipe_args(recipe: Recipe, config: str | None, overrides: tuple[str, ...]) -> list[str]:
-    args = [str(recipe.entry), "--config", config or str(recipe.config)]
-    for item in overrides:
-        args.append(f"--set={item}")  # one token, so a value starting with "-" is not taken for an option
-    return args
+@dataclass(frozen=True)
+class LocalRequest:
+    """What ``launcher run`` starts: the command, and the variables it adds to this environment."""
+
+    argv: list[str]
+    env: Mapping[str, str]
+    nproc: int
+    check: list[str] | None = None   # run first, quietly: with several processes its errors then print once
+
+    @property
+    def text(self) -> str:
+        return shlex.join(self.argv) + "\n"
 
 
-def command(recipe: Recipe, config: str | None, overrides: tuple[str, ...], nproc: int) -> list[str]:
-    args = recipe_args(recipe, config, overrides)
-    if nproc == 1:
-        return [sys.executable, *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+def check_argv(app: AppSpec) -> list[str]:
+    return [sys.executable, *app.recipe.args(app.config, app.overrides), "--check"]
 
 
-def check(recipe: Recipe, config: str | None, overrides: tuple[str, ...], nproc: int = 1) -> int:
-    """Validate config and data in one process (so errors print once), without training."""
-    # WORLD_SIZE lets checks that depend on the process count (e.g. pipeline stages) run here too.
-    env = {**os.environ, "WORLD_SIZE": str(nproc)}
-    return subprocess.run([sys.executable, *recipe_args(recipe, config, overrides), "--check"],
-                          stdout=subprocess.DEVNULL, env=env).returncode
+def validate(app: AppSpec) -> int:
+    """The recipe's ``--check``: config and data validated, the resolved config printed; its exit code."""
+    return subprocess.run(check_argv(app)).returncode
 
 
-def run(recipe: Recipe, config: str | None, overrides: tuple[str, ...], nproc: int) -> int:
-    """Run to completion, forwarding SIGTERM/SIGUSR1 to the training processes.
+class LocalBackend:
+    name = "local"
 
-    The recipes turn those signals into "checkpoint, then exit 143". Under torchrun they go to
-    the workers, not to torchrun itself (which would kill its workers without a checkpoint), and
-    the launcher reports 143 rather than torchrun's generic failure.
-    """
-    if nproc > 1:
-        code = check(recipe, config, overrides, nproc)
-        if code != 0:
-            return code
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    proc = subprocess.Popen(command(recipe, config, overrides, nproc), env=env)
-    with forwarded(proc, to_workers=nproc > 1) as signals:
-        code = proc.wait()
-    if signals and nproc > 1 and code != 0:
-        return EXIT_PREEMPTED
-    return code
+    def dryrun(self, app: AppSpec, opts: None = None) -> LocalRequest:
+        """One process runs the entry point itself; more run under torchrun (DDP, gloo on CPU)."""
+        args = app.recipe.args(app.config, app.overrides)
+        nproc = app.nproc_per_node
+        threads = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))}  # the cores, shared out
+        if nproc == 1:
+            return LocalRequest([sys.executable, *args], threads, nproc)
+        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+        return LocalRequest(argv, threads, nproc, check=check_argv(app))
+
+    def submit(self, request: LocalRequest) -> int:
+        """Run to completion, forwarding SIGTERM/SIGUSR1 to the training processes; the exit code.
+
+        A run of several processes that a forwarded signal stopped reports 143, not torchrun's
+        generic failure.
+        """
+        if request.check is not None:
+            # WORLD_SIZE lets checks that depend on the process count (e.g. pipeline stages) run here too.
+            code = subprocess.run(request.check, stdout=subprocess.DEVNULL,
+                                  env={**os.environ, "WORLD_SIZE": str(request.nproc)}).returncode
+            if code != 0:
+                return code
+        env = dict(os.environ)
+        for key, value in request.env.items():
+            env.setdefault(key, value)
+        proc = subprocess.Popen(request.argv, env=env)
+        with forwarded(proc, to_workers=request.nproc > 1) as signals:
+            code = proc.wait()
+        if signals and request.nproc > 1 and code != 0:
+            return EXIT_PREEMPTED
+        return code

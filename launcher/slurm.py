@@ -1,31 +1,126 @@
-"""The Slurm backend: JobSpec -> sbatch script (the dry-run request) -> sbatch -> job id.
+"""The Slurm backend: AppSpec + SlurmOptions -> sbatch script (the dry-run request) -> sbatch -> job id.
 
-``render(spec)`` is pure: the same spec always gives the same script, which is what
-``launcher render`` prints and what ``launcher submit`` hands to ``sbatch --parsable``.
-``status``/``logs``/``cancel`` use ``scontrol``, the job's output file and ``scancel``
-(accounting is not assumed, so there is no ``sacct``).
+``dryrun`` is pure: the same job always gives the same script, which is what ``launcher render``
+prints and what ``launcher submit`` writes next to the job's outputs and hands to
+``sbatch --parsable``. ``status``/``logs``/``cancel`` use scontrol, the job's output file and
+scancel (launcher/slurm_client.py).
+
+Values written into ``#SBATCH`` lines cannot be quoted (sbatch reads them literally), so job
+names, partitions, accounts, QOS, time limits and the paths written there are restricted to safe
+characters; every other value is shell-quoted by the template's ``q`` filter, and the resolved
+config sits in a here-document whose end marker it may not contain.
 """
 
 from __future__ import annotations
 
-import csv
-import os
+import dataclasses
 import re
 import shlex
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator
 
 import jinja2
 
-from launcher.jobspec import CONFIG_END, JobSpec
+from launcher import slurm_client
+from launcher.appspec import AppSpec, check_config_text
+from launcher.backend import Notice
+from launcher.checks import (absolute, check_cpus, check_name, check_path, check_strings, check_time, int_from,
+                             no_nul, not_an_option, one_of, optional_string, shown, time_seconds)
+from launcher.errors import FieldError
+from launcher.options import option
 from launcher.recipes import REPO_ROOT
 
 TEMPLATES = REPO_ROOT / "slurm"
 TEMPLATE = "job.sbatch.j2"
 SCRIPT_NAME = "job.sbatch"
-JOB_ID = re.compile(r"\d+(_\d+)?")
+CONTAINERS = ("none", "apptainer", "singularity", "enroot")
+CONFIG_END = "FT_RECIPES_CONFIG"  # ends the resolved config's here-document in the job script
+SBATCH = "#SBATCH lines"
+_SLURM_WORDS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*(,[A-Za-z0-9][A-Za-z0-9_.+-]*)*")
+
+
+def check_slurm_words(name: str, value: Any) -> str | None:
+    """A partition, account or QOS name (comma-separated list allowed), written into #SBATCH lines."""
+    if value is not None and (not isinstance(value, str) or not _SLURM_WORDS.fullmatch(value)):
+        raise FieldError(name, f"must be names of letters, digits, '.', '_', '+' or '-' separated by commas, "
+                               f"got {shown(value)}")
+    return value
+
+
+def check_workdir(name: str, value: Any) -> str | None:
+    return None if value is None else check_path(name, value, SBATCH)
+
+
+def check_mounts(name: str, value: Any) -> tuple[str, ...]:
+    mounts = check_strings(name, value)
+    for mount in mounts:
+        if not mount.split(":")[0] or "," in mount or mount.startswith("-"):  # SRC given, and one srun word
+            raise FieldError(name, f"must be non-empty paths without ',' (SRC[:DST[:FLAGS]]), got {shown(mount)}")
+    return mounts
+
+
+def check_modules(name: str, value: Any) -> tuple[str, ...]:
+    return tuple(not_an_option(name, module) for module in check_strings(name, value))
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """Where and how a job runs on a Slurm cluster (profile keys and command-line options of the same names)."""
+
+    partition: str | None = option(check=check_slurm_words)
+    account: str | None = option(check=check_slurm_words)
+    qos: str | None = option(check=check_slurm_words)
+    time: str | None = option(check=check_time)               # MINUTES, HH:MM:SS or DAYS-HH:MM:SS
+    cpus_per_task: int | None = option(check=check_cpus)      # CPUs for each node's task (all its processes)
+    container: str = option("none", check=one_of(CONTAINERS))
+    mounts: tuple[str, ...] = option((), check=check_mounts)  # SRC[:DST] bind mounts into the container
+    workdir: str | None = option(check=check_workdir)         # the dir holding recipes/ on the nodes
+    venv: str | None = option(check=optional_string)          # container none: a virtualenv to activate
+    modules: tuple[str, ...] = option((), check=check_modules)  # container none: environment modules
+    output_root: str = option("outputs/slurm", check=no_nul)  # jobs write to <output_root>/<job name>/
+    signal_lead: int = option(300, check=int_from(1, 86400))   # USR1 this long before the time limit
+    max_retries: int = option(3, check=int_from(0, 100))       # requeues after a preemption or a killed node
+
+    def __post_init__(self):
+        limit = time_seconds(self.time) if self.time is not None else None
+        if limit and self.signal_lead >= limit:
+            raise FieldError("signal_lead", f"{self.signal_lead} s must be shorter than the time limit "
+                                            f"{self.time} ({limit} s)")
+
+
+@dataclass(frozen=True)
+class SlurmRequest:
+    """The request: one job's sbatch script, and what it says about where the job runs."""
+
+    app: AppSpec
+    opts: SlurmOptions
+    workdir: str                       # the directory holding recipes/ on the nodes
+    mounts: tuple[str, ...]            # bind mounts into the container
+    text: str = ""                     # the script
+
+    @property
+    def chdir(self) -> str:
+        """Where the batch script runs: the workdir, or with a container the job's output dir."""
+        return self.workdir if self.opts.container == "none" else self.app.output_dir
+
+    @property
+    def path(self) -> str:
+        return f"{self.app.output_dir}/{SCRIPT_NAME}"
+
+    @property
+    def config_path(self) -> str:
+        return f"{self.app.output_dir}/job-config.yaml"
+
+    @property
+    def log(self) -> str:
+        """Where Slurm writes the job's output (``%j`` = job id; array tasks: ``%A_%a``)."""
+        return f"{self.app.output_dir}/slurm-{'%A_%a' if self.app.workers > 1 else '%j'}.out"
+
+    def submitted_log(self, job_id: str) -> str:
+        """The output file of the submitted job (the first worker's, for an array)."""
+        return self.log.replace("%j", job_id).replace("%A", job_id).replace("%a", "0")
 
 
 def quote(value) -> str:
@@ -40,144 +135,104 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def log_path(spec: JobSpec) -> str:
-    """Where Slurm writes the job's output (``%j`` = job id; array tasks: ``%A_%a``)."""
-    return f"{spec.job_dir}/slurm-{'%A_%a' if spec.workers > 1 else '%j'}.out"
+def request(app: AppSpec, opts: SlurmOptions) -> SlurmRequest:
+    """The complete sbatch script for ``app`` (placed by SlurmBackend.place) with ``opts``."""
+    config = check_config_text(app.config_text)
+    if CONFIG_END in config.splitlines():
+        raise FieldError("config", f"a line of the resolved config may not be exactly {CONFIG_END}")
+    mounts = opts.mounts
+    if opts.container != "none" and not any(
+            (app.output_dir + "/").startswith(m.split(":")[0].rstrip("/") + "/") for m in mounts):
+        mounts += (app.output_dir,)  # the job's config and outputs, at the same path inside
+    job = SlurmRequest(app, opts, opts.workdir or str(REPO_ROOT), mounts)
+    text = environment().get_template(TEMPLATE).render(app=app, opts=opts, job=job, config_end=CONFIG_END)
+    return dataclasses.replace(job, text=text)
 
 
-def render(spec: JobSpec) -> str:
-    """The complete sbatch script for ``spec``."""
-    chdir = spec.workdir if spec.container == "none" else spec.job_dir
-    return environment().get_template(TEMPLATE).render(spec=spec, chdir=chdir, log=log_path(spec),
-                                                       config_end=CONFIG_END)
+def checked_job_id(job: str) -> str:
+    if not slurm_client.JOB_ID.fullmatch(job):
+        raise FieldError("JOB", f"expected a Slurm job id such as 1234 or 1234_5, got {shown(job)}")
+    return job
 
 
-class SlurmError(RuntimeError):
-    """A Slurm command failed or is missing; the message is one line."""
+def unknown_job(job: str) -> FieldError:
+    return FieldError("JOB", f"Slurm does not know job {job}, and it was not submitted from here")
 
 
-def command(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    if shutil.which(args[0]) is None:
-        raise SlurmError(f"{args[0]} not found: run this on a Slurm login node, or start the local test "
-                         f"cluster with slurm/local-cluster.sh start and export SLURM_CONF")
-    result = subprocess.run(list(args), capture_output=True, text=True)
-    if result.returncode != 0 and "configuration source" in result.stderr:
-        raise SlurmError("no Slurm configuration found: run this on a login node of the cluster, or export "
-                         "SLURM_CONF (for the local test cluster, see slurm/local-cluster.sh status)")
-    if check and result.returncode != 0:
-        message = " ".join(result.stderr.split()) or f"exit code {result.returncode}"
-        raise SlurmError(f"{args[0]} failed: {message}")
-    return result
+class SlurmBackend:
+    """Slurm: a batch script per job, submitted with sbatch; one srun task per node runs torchrun."""
 
+    name = "slurm"
+    Options = SlurmOptions
+    reads = frozenset(f.name for f in dataclasses.fields(SlurmOptions)) | {"preempt"}
+    refusals = {"dry_run_server": "server is only for --backend {owner}; use --dry-run"}
 
-def submit(spec: JobSpec, script: str) -> str:
-    """Write ``script`` to ``<job dir>/job.sbatch``, submit it, and return the job id."""
-    job_dir = Path(spec.job_dir)
-    job_dir.mkdir(parents=True, exist_ok=True)
-    path = job_dir / SCRIPT_NAME
-    path.write_text(script, encoding="utf-8")
-    job_id = command("sbatch", "--parsable", str(path)).stdout.strip().split(";")[0]
-    if not JOB_ID.fullmatch(job_id):
-        raise SlurmError(f"sbatch printed no job id: {job_id!r}")
-    remember(job_id, spec)
-    return job_id
+    def place(self, draft: AppSpec, opts: SlurmOptions) -> tuple[AppSpec, list[str]]:
+        """The job's name as given; its outputs in ``<output_root>/<name>`` unless --set output_dir names them."""
+        name = check_name("job_name", draft.job_name)
+        if draft.output_dir is not None:
+            output_dir = check_path("output_dir", absolute(draft.output_dir), SBATCH)
+        else:
+            output_dir = f"{check_path('output_root', absolute(opts.output_root), SBATCH)}/{name}"
+        if opts.workdir is None:
+            check_path("workdir", str(REPO_ROOT), SBATCH)  # the default: this checkout
+        if opts.container == "none" and draft.image is not None:
+            raise FieldError("image", "is only used with container apptainer, singularity or enroot")
+        if opts.container != "none" and not draft.image:
+            raise FieldError("image", f"is required with container {opts.container}")
+        if draft.image is not None:
+            not_an_option("image", draft.image)
+        return dataclasses.replace(draft, job_name=name, output_dir=output_dir), []
 
+    def dryrun(self, app: AppSpec, opts: SlurmOptions) -> SlurmRequest:
+        return request(app, opts)
 
-def submitted_log(spec: JobSpec, job_id: str) -> str:
-    """The output file of a submitted job (the first worker's, for an array)."""
-    return log_path(spec).replace("%j", job_id).replace("%A", job_id).replace("%a", "0")
+    def dry_run_summary(self, request: SlurmRequest) -> str:
+        return f"dry run: would write {request.path} and run sbatch --parsable {request.path}"
 
+    def submit(self, request: SlurmRequest) -> list[str]:
+        """Write the script to ``<output dir>/job.sbatch``, submit it, and remember where its log goes."""
+        app = request.app
+        Path(app.output_dir).mkdir(parents=True, exist_ok=True)
+        Path(request.path).write_text(request.text, encoding="utf-8")
+        job_id = slurm_client.sbatch(Path(request.path))
+        slurm_client.remember(job_id, app.job_name, app.output_dir, request.log)
+        return [f"submitted job {job_id} ({app.job_name})", f"log:     {request.submitted_log(job_id)}",
+                f"outputs: {app.output_dir}",
+                f"follow:  launcher logs {job_id} --follow   (status: launcher status {job_id}, "
+                f"cancel: launcher cancel {job_id})"]
 
-# ---------------------------------------------------------------------------------------------
-# Jobs already submitted. Slurm forgets finished jobs after MinJobAge and accounting may be off,
-# so submit keeps a small record (job id, name, output dir, log) to find a job's log later.
+    def status(self, job: str) -> list[str]:
+        job = checked_job_id(job)
+        states = slurm_client.show(job)
+        logs = slurm_client.log_files(job)
+        lines = []
+        if not states:
+            record = slurm_client.recorded(job)
+            if record is None:
+                raise unknown_job(job)
+            lines.append(f"job {job} ({record['name']}): no longer known to Slurm (finished; see its log)")
+        return lines + [state.summary() for state in states] + [f"log: {log}" for log in logs]
 
+    def logs(self, job: str, follow: bool = False) -> Iterator[str]:
+        """The job's output file(s); ``follow`` hands them to ``tail -F``, which prints as they grow."""
+        files = slurm_client.log_files(checked_job_id(job))
+        if not files:
+            raise unknown_job(job)
+        if follow:
+            code = subprocess.run(["tail", "-n", "+1", "-F", *files]).returncode
+            if code != 0:
+                raise slurm_client.SlurmError(f"tail -F stopped with exit code {code}")
+            return
+        for path in files:
+            if len(files) > 1:
+                yield f"==> {path} <==\n"
+            try:
+                yield Path(path).read_text(encoding="utf-8", errors="replace")
+            except FileNotFoundError:
+                yield Notice(f"(no log yet at {path}: the job has not started)\n")
 
-def records_file() -> Path:
-    root = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(root) / "ft-recipes" / "slurm-jobs.tsv"
-
-
-def remember(job_id: str, spec: JobSpec) -> None:
-    path = records_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8", newline="") as handle:
-        csv.writer(handle, delimiter="\t").writerow([job_id, spec.job_name, spec.job_dir, log_path(spec)])
-
-
-def recorded(job_id: str) -> dict[str, str] | None:
-    path = records_file()
-    if not path.is_file():
-        return None
-    found = None
-    with path.open(encoding="utf-8", newline="") as handle:
-        for row in csv.reader(handle, delimiter="\t"):
-            if len(row) == 4 and row[0] == job_id.split("_")[0]:
-                found = dict(zip(("job_id", "name", "job_dir", "log"), row))
-    return found
-
-
-@dataclass
-class JobState:
-    """One job (or array task) as ``scontrol show job`` reports it."""
-
-    fields: dict[str, str]
-
-    def __getitem__(self, key: str) -> str:
-        return self.fields.get(key, "")
-
-    def summary(self) -> str:
-        text = f"job {self['JobId']}"
-        if self["ArrayJobId"] and self["ArrayTaskId"]:
-            text = f"job {self['ArrayJobId']}_{self['ArrayTaskId']}"
-        text += f" ({self['JobName']}): {self['JobState']}"
-        if self["Reason"] and self["Reason"] != "None":
-            text += f" ({self['Reason']})"
-        if self["NodeList"] and self["NodeList"] != "(null)":
-            text += f" on {self['NodeList']}"
-        text += f", run time {self['RunTime']}, restarts {self['Restarts'] or 0}"
-        if self["JobState"] not in ("PENDING", "RUNNING", "CONFIGURING", "REQUEUED"):
-            text += f", exit code {self['ExitCode']}"
-        return text
-
-
-def parse_scontrol(text: str) -> list[JobState]:
-    """``scontrol show job -o`` output: one line per job, ``Key=Value`` pairs."""
-    jobs = []
-    for line in text.splitlines():
-        pairs = re.findall(r"(\w[\w/:]*)=(.*?)(?=\s+\w[\w/:]*=|$)", line.strip())
-        if pairs:
-            jobs.append(JobState(dict(pairs)))
-    return jobs
-
-
-def show(job_id: str) -> list[JobState]:
-    """The job's records in slurmctld (several for an array); [] once Slurm has forgotten it."""
-    result = command("scontrol", "show", "job", "-o", job_id, check=False)
-    if result.returncode != 0:
-        if "Invalid job id" in result.stderr:
-            return []
-        raise SlurmError("scontrol failed: " + " ".join(result.stderr.split()))
-    return parse_scontrol(result.stdout)
-
-
-def log_files(job_id: str) -> list[str]:
-    """The job's output files: from scontrol while Slurm knows the job, else from submit's record."""
-    jobs = show(job_id)
-    if jobs:
-        return list(dict.fromkeys(job["StdOut"] for job in jobs if job["StdOut"]))
-    record = recorded(job_id)
-    if record is None:
-        return []
-    pattern = record["log"].replace("%j", job_id).replace("%A", job_id.split("_")[0])
-    if "%a" not in pattern:
-        return [pattern]
-    task = job_id.partition("_")[2]
-    if task:
-        return [pattern.replace("%a", task)]
-    prefix, _, suffix = pattern.partition("%a")
-    return sorted(str(p) for p in Path(prefix).parent.glob(Path(prefix).name + "*" + suffix))
-
-
-def cancel(job_id: str) -> None:
-    command("scancel", job_id)
+    def cancel(self, job: str, preempt: bool = False) -> str:
+        """scancel the job; ``preempt``: USR1 instead, so it checkpoints, requeues itself and resumes."""
+        slurm_client.cancel(checked_job_id(job), preempt)
+        return f"{'sent USR1 to' if preempt else 'cancelled'} job {job}"

@@ -15,7 +15,7 @@ import re
 import pytest
 import yaml
 
-from launcher import images, jobspec, profiles, recipes, slurm
+from launcher import appspec, images, k8s, options, profiles, recipes, slurm
 from tests.images import dockerfile, templates
 from tests.images.dockerfile import REPO
 
@@ -110,23 +110,30 @@ def test_every_copied_file_reaches_the_build_and_nothing_else_does():
 # Slurm
 
 
+def placeholder(*args) -> str:
+    """A stand-in for the recipe's --check: the config does not matter here."""
+    return "placeholder: true\n"
+
+
+def shape(recipe: recipes.Recipe, gpus: int = 4) -> dict[str, int]:
+    return dict(workers=2, gpus_per_node=min(gpus, 1)) if recipe.is_search else dict(nodes=2, gpus_per_node=gpus)
+
+
 def containerized_profiles() -> list[profiles.Profile]:
     _, found = profiles.available([profiles.REPO_FILE])
-    return [p for p in found.values() if p.container != "none"]
+    return [p for p in found.values() if p.get("container", "none") != "none"]
 
 
-def rendered_jobs(monkeypatch) -> dict[str, str]:
+def slurm_job(recipe: recipes.Recipe, profile: profiles.Profile) -> slurm.SlurmRequest:
+    backend = slurm.SlurmBackend()
+    app, opts, _ = appspec.plan(backend, profile, recipe, resolve=placeholder, **shape(recipe))
+    return backend.dryrun(app, opts)
+
+
+def rendered_jobs() -> dict[str, str]:
     """Every recipe as the Slurm template renders it with each containerized profile of launcher.yaml."""
-    monkeypatch.setattr(jobspec, "resolve_config", lambda *args: "placeholder: true\n")  # skip the recipe's --check
-    scripts = {}
-    for profile in containerized_profiles():
-        for recipe in recipes.all_recipes():
-            if recipe.entry.name == "search.py":
-                spec = jobspec.build(recipe, profile, gpus_per_node=1, workers=2)
-            else:
-                spec = jobspec.build(recipe, profile, nodes=2, gpus_per_node=4)
-            scripts[f"{recipe.name} with profile {profile.name}"] = slurm.render(spec)
-    return scripts
+    return {f"{recipe.name} with profile {profile.name}": slurm_job(recipe, profile).text
+            for profile in containerized_profiles() for recipe in recipes.all_recipes()}
 
 
 def test_launcher_yaml_has_containerized_profiles():
@@ -134,25 +141,27 @@ def test_launcher_yaml_has_containerized_profiles():
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_slurm_jobs_find_what_they_use_in_the_image(target, monkeypatch):
-    problems = [f"{job}: {problem}" for job, script in rendered_jobs(monkeypatch).items()
+def test_slurm_jobs_find_what_they_use_in_the_image(target):
+    problems = [f"{job}: {problem}" for job, script in rendered_jobs().items()
                 for problem in templates.slurm_problems(script, IMAGES[target])]
     assert problems == []
 
 
-def test_slurm_check_catches_a_job_the_image_cannot_run(monkeypatch):
-    monkeypatch.setattr(jobspec, "resolve_config", lambda *args: "placeholder: true\n")
-    profile = containerized_profiles()[0]
-    spec = jobspec.build(recipes.load("sft"), profile, nodes=2, gpus_per_node=4)
+def test_slurm_check_catches_a_job_the_image_cannot_run():
+    job = slurm_job(recipes.load("sft"), containerized_profiles()[0])
     image = IMAGES["cuda"]
-    assert templates.slurm_problems(slurm.render(spec), image) == []
-    moved = templates.slurm_problems(slurm.render(dataclasses.replace(spec, workdir="/srv/code")), image)
-    assert any("/srv/code" in problem for problem in moved)
-    missing = dataclasses.replace(spec, recipe="gone", entry="recipes/gone/train.py")
-    assert any("recipes/gone/train.py" in problem for problem in templates.slurm_problems(slurm.render(missing), image))
+    assert templates.slurm_problems(job.text, image) == []
+
+    def problems(app=job.app, opts=job.opts) -> list[str]:
+        return templates.slurm_problems(slurm.SlurmBackend().dryrun(app, opts).text, image)
+
+    assert any("/srv/code" in problem for problem in problems(opts=dataclasses.replace(job.opts, workdir="/srv/code")))
+    gone = recipes.Recipe("gone", REPO / "recipes" / "gone", REPO / "recipes" / "gone" / "train.py",
+                          REPO / "recipes" / "gone" / "config.yaml")
+    assert any("recipes/gone/train.py" in problem for problem in problems(dataclasses.replace(job.app, recipe=gone)))
     for env in ({"HF_HOME": "/opt/ft-recipes/hf"}, {"HF_HOME": "/cache/huggingface"}, {}):
-        unwritable = dataclasses.replace(spec, env=env)  # with apptainer, even the image's own HF_HOME is read-only
-        assert any("HF_HOME" in problem for problem in templates.slurm_problems(slurm.render(unwritable), image))
+        unwritable = dataclasses.replace(job.app, env=env)  # with apptainer, even the image's own HF_HOME is read-only
+        assert any("HF_HOME" in problem for problem in problems(unwritable))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,27 +173,25 @@ K8S_TEMPLATES = sorted(K8S.rglob("*.j2"))
 
 
 def k8s_profiles() -> list[profiles.Profile]:
-    """The built-in defaults, and every profile of launcher.yaml that sets a Kubernetes key."""
+    """The built-in defaults, and every profile of launcher.yaml that sets a key only Kubernetes reads."""
     _, found = profiles.available([profiles.REPO_FILE])
-    return [profiles.Profile(), *(p for p in found.values() if any(getattr(p, key) for key in profiles.K8S_KEYS))]
+    k8s_only = set(options.profile_keys(k8s.K8sOptions)) - set(options.profile_keys(slurm.SlurmOptions))
+    return [profiles.Profile(), *(p for p in found.values() if k8s_only & set(p.settings))]
 
 
-def rendered_manifests(monkeypatch) -> dict[str, list[dict]]:
+def rendered_manifests() -> dict[str, list[dict]]:
     """Every recipe as launcher.k8s renders it, with each API and profile, on GPUs and on CPUs."""
-    k8s = pytest.importorskip("launcher.k8s")
-    monkeypatch.setattr(jobspec, "resolve_config", lambda *args: "placeholder: true\n")  # skip the recipe's --check
+    backend = k8s.K8sBackend(suffix=lambda base: "abcde")
     found = {}
     for recipe, api, profile, gpus in itertools.product(recipes.all_recipes(), k8s.APIS, k8s_profiles(), (4, 0)):
-        shape = dict(workers=2, gpus_per_node=min(gpus, 1)) if recipe.entry.name == "search.py" \
-            else dict(nodes=2, gpus_per_node=gpus)
-        job = k8s.build(recipe, profile, api=api, suffix="abcde", **shape)
-        found[f"{recipe.name} ({api}, profile {profile.name}, {gpus} GPUs)"] = k8s.manifests(k8s.render(job))
+        app, opts, _ = appspec.plan(backend, profile, recipe, {"api": api}, resolve=placeholder, **shape(recipe, gpus))
+        found[f"{recipe.name} ({api}, profile {profile.name}, {gpus} GPUs)"] = backend.dryrun(app, opts).objects
     return found
 
 
-def test_k8s_jobs_find_what_they_use_in_the_image(monkeypatch):
+def test_k8s_jobs_find_what_they_use_in_the_image():
     problems, checked = [], 0
-    for job, documents in rendered_manifests(monkeypatch).items():
+    for job, documents in rendered_manifests().items():
         for document in documents:
             checked += len(templates.containers(document))
             problems += [f"{job}: {p}" for p in templates.k8s_problems(document, IMAGES)]

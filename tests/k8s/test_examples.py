@@ -1,36 +1,21 @@
-"""Golden test: k8s/examples/*.yaml are exactly what the templates render today.
-
-After changing a recipe's config, a template or launcher.yaml, regenerate them with
-`launcher examples` (or `launcher examples --backend k8s`) and review the diff.
-"""
+"""Golden test: k8s/examples/*.yaml are exactly what the templates render today (tests/golden.py)."""
 
 from __future__ import annotations
 
-import difflib
+from launcher import examples, k8s, recipes
+from tests.golden import assert_current
 
-from launcher import k8s, k8s_examples, recipes
+EXAMPLES = examples.SETS["k8s"].directory
 
 
 def test_examples_match_a_fresh_render():
-    expected = k8s_examples.expected()
-    problems = []
-    for path, text in expected.items():
-        if not path.is_file():
-            problems.append(f"missing {path.name}")
-            continue
-        current = path.read_text(encoding="utf-8")
-        if current != text:
-            diff = difflib.unified_diff(current.splitlines(), text.splitlines(), "in git", "rendered now", lineterm="")
-            problems.append(f"{path.name} differs:\n" + "\n".join(list(diff)[:40]))
-    extra = sorted(p.name for p in k8s_examples.EXAMPLES.glob("*.yaml") if p not in expected)
-    problems += [f"{name} belongs to no recipe" for name in extra]
-    assert not problems, "k8s/examples/ is stale; run `launcher examples --backend k8s`:\n" + "\n".join(problems)
+    assert_current("k8s")
 
 
 def test_every_recipe_has_a_pytorchjob_and_a_trainjob_example():
     for recipe in recipes.all_recipes():
         for suffix, kinds in (("", {"PyTorchJob", "Job"}), (".trainjob", {"TrainJob"})):
-            path = k8s_examples.EXAMPLES / f"{recipe.name}{suffix}.yaml"
+            path = EXAMPLES / f"{recipe.name}{suffix}.yaml"
             assert path.is_file(), f"no example {path.name}; run `launcher examples --backend k8s`"
             config_map, job = k8s.manifests(path.read_text(encoding="utf-8"))
             assert config_map["kind"] == "ConfigMap" and job["kind"] in kinds
@@ -38,7 +23,7 @@ def test_every_recipe_has_a_pytorchjob_and_a_trainjob_example():
 
 
 def test_examples_are_two_nodes_of_four_gpus_and_independent_of_this_checkout():
-    for path in k8s_examples.EXAMPLES.glob("*.yaml"):
+    for path in EXAMPLES.glob("*.yaml"):
         text = path.read_text(encoding="utf-8")
         assert str(recipes.REPO_ROOT) not in text, f"{path.name} names this checkout's path"
         _, job = k8s.manifests(text)

@@ -7,9 +7,10 @@ from newlines, quotes, `{{`, `{%`, YAML indicators (`: `, `- `, `#`, `&`, `*`, `
 `---`, unicode (line and paragraph separators, NEL, BOM, emoji, accents) and 300-character
 names. For each case the value is either refused with a FieldError that names its field in one
 line, or the rendered YAML parses into exactly the two expected objects holding the value
-literally where it belongs, with no other document, key or comment. Rendering only: the specs
-are built directly (no recipe `--check`), so the cases run in seconds. Every 25th rendered case
-also goes through the full cluster validation of tests/k8s/validation.py.
+literally where it belongs, with no other document, key or comment. Each case goes the way of
+`launcher render`, through `appspec.plan` and the backend's dry run, with a stand-in for the
+recipe's `--check` that returns the generated config, so the cases run in seconds. Every 25th
+rendered case also goes through the full cluster validation of tests/k8s/validation.py.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from launcher import cli, k8s, k8s_fields
-from launcher.jobspec import FieldError, JobSpec
+from launcher import appspec, cli, k8s, k8s_fields, recipes
+from launcher.errors import FieldError
+from launcher.profiles import Profile
 from tests.k8s import validation
+
+BACKEND = k8s.K8sBackend(suffix=lambda base: "h0st1")
 
 NASTY = ["\n", "\r", "'", '"', "\\", "{{", "}}", "{%", "%}", "{#", ": ", "- ", "#", "&", "*", "!", "|", ">", "%", "@",
          "`", "---", "...", "[", "]", "{", "}", ",", "?", " ", "\t", "é", "\u2028", "\u2029", "\x85", "\ufeff", "😀",
@@ -69,35 +73,33 @@ FREE_TEXT = "free text only"
 
 @st.composite
 def jobs(draw):
-    """(JobSpec fields, K8sJob fields, the field made hostile)."""
+    """(the job's shape and config, its command-line options, the field made hostile)."""
     target = draw(st.sampled_from(sorted(TARGETS) + [FREE_TEXT] * 14))  # ~45%: only the free-text fields
     value = draw(TARGETS[target]) if target != FREE_TEXT else None
-    name = k8s.job_name(value if target == "job_name" else "sft", "h0st1")
     env = {"NCCL_DEBUG": draw(hostile), **({value: "x"} if target == "env_name" else {})}
     text = draw(st.one_of(
         st.dictionaries(hostile, st.one_of(hostile, st.integers(), st.none()), min_size=1, max_size=3).map(config_text),
         hostile.map(lambda t: t + "\n")))
-    program = draw(st.sampled_from(["torchrun", "python"]))
+    search = draw(st.booleans())
     gpus = draw(st.integers(0, 8))
-    spec = dict(recipe="sft", entry="recipes/sft/train.py" if program == "torchrun" else "recipes/optuna/search.py",
-                program=program, config_text=text, job_name=name, job_dir=f"/outputs/{name}", workdir=k8s.WORKDIR,
-                env=env, gpus_per_node=gpus, nproc_per_node=max(1, gpus),
-                **{"nodes" if program == "torchrun" else "workers": draw(st.integers(1, 3))})
-    fields = dict(SAFE, name=name, api=draw(st.sampled_from(k8s.APIS)), annotations={"note": draw(hostile)})
-    if fields["api"] == "trainjob":
-        fields["priority_class"] = None
-    if target in fields:
-        fields[target] = tuple(value) if target == "tolerations" else value
+    job = dict(recipe="optuna" if search else "sft", config_text=text, gpus_per_node=gpus,
+               job_name=value if target == "job_name" else "sft",
+               **{"workers" if search else "nodes": draw(st.integers(1, 3))})
+    options = dict(SAFE, env=env, api=draw(st.sampled_from(k8s.APIS)), annotations={"note": draw(hostile)})
+    if options["api"] == "trainjob":
+        options["priority_class"] = None
+    if target in options:
+        options[target] = tuple(value) if target == "tolerations" else value
     elif target == "label_value":
-        fields["labels"] = {"team": value}
+        options["labels"] = {"team": value}
     elif target == "annotation_key":
-        fields["annotations"] = {value: "x"}
+        options["annotations"] = {value: "x"}
     elif target == "secret_name":
-        fields["secret_env"] = {"WANDB_API_KEY": value}
-    return spec, fields, target
+        options["secret_env"] = {"WANDB_API_KEY": value}
+    return job, options, target
 
 
-FIELDS = {"recipe", "entry", "program", "config", "job_name", "output_dir", "workdir", "env", "api", "image",
+FIELDS = {"recipe", "overrides", "config", "job_name", "output_dir", "workdir", "env", "api", "image",
           "namespace", "pvc", "labels", "annotations", "node_selector", "tolerations", "priority_class", "kueue_queue",
           "service_account", "secret_env", "memory", "training_runtime", "nodes", "workers", "gpus_per_node",
           "nproc_per_node"}
@@ -120,22 +122,25 @@ def pod_containers(job: dict) -> tuple[dict, list[dict]]:
 @settings(max_examples=1100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(jobs())
 def test_hostile_values_are_refused_or_rendered_literally(case):
-    spec_fields, fields, target = case
+    job_fields, fields, target = case
+    config = job_fields.pop("config_text")
     try:
-        job = k8s.K8sJob(spec=JobSpec(**spec_fields), **fields)
+        app, opts, _ = appspec.plan(BACKEND, Profile(), recipes.load(job_fields.pop("recipe")), fields,
+                                    resolve=lambda *args: config, **job_fields)
+        request = BACKEND.dryrun(app, opts)
     except FieldError as exc:
         assert exc.field.split(".")[0] in FIELDS, exc.field
         refused[target] += 1
         assert "\n" not in str(exc) and len(str(exc)) < 600
         return
     rendered[target] += 1
-    text = k8s.render(job)
+    job, text = request.job, request.text
     header, _, body = text.partition("apiVersion: v1\n")
     assert [line[:1] for line in header.splitlines()] == ["#"] * 3  # the comment block holds no value
     documents = k8s.manifests(text)
     assert [d["kind"] for d in documents] == ["ConfigMap", job.kind]
     config_map, obj = documents
-    assert config_map["data"] == {"config.yaml": spec_fields["config_text"]}
+    assert config_map["data"] == {"config.yaml": config}
     for document in documents:
         assert document["metadata"]["name"] in (job.name, job.config_map)
         assert document["metadata"].get("namespace") == fields["namespace"]
@@ -150,7 +155,7 @@ def test_hostile_values_are_refused_or_rendered_literally(case):
     assert {v["name"]: v for v in spec["volumes"]}["outputs"]["persistentVolumeClaim"] == {"claimName": fields["pvc"]}
     trainer = obj["spec"].get("trainer", containers[0])
     env = {var["name"]: var for var in trainer.get("env", [])}
-    assert {k: env[k]["value"] for k in spec_fields["env"]} == spec_fields["env"]
+    assert {k: env[k]["value"] for k in fields["env"]} == fields["env"]
     for name, ref in fields["secret_env"].items():
         secret, _, key = ref.partition(":")
         assert env[name]["valueFrom"] == {"secretKeyRef": {"name": secret, "key": key or name}}

@@ -16,11 +16,12 @@ import copy
 import pytest
 import yaml
 
-from launcher import images, k8s, k8s_examples
+from launcher import examples, images, k8s, k8s_client
 from tests.conftest import run_launcher
 from tests.k8s import validation
 
-EXAMPLES = sorted(k8s_examples.EXAMPLES.glob("*.yaml"))
+EXAMPLE_DIR = examples.SETS["k8s"].directory
+EXAMPLES = sorted(EXAMPLE_DIR.glob("*.yaml"))
 CANARY = "hf_canary_5ecret_t0ken_value"
 
 
@@ -161,7 +162,7 @@ def test_a_search_recipe_runs_one_worker_pod_per_node(api):
 
 
 def example(name: str) -> dict:
-    return k8s.manifests((k8s_examples.EXAMPLES / name).read_text(encoding="utf-8"))[1]
+    return k8s.manifests((EXAMPLE_DIR / name).read_text(encoding="utf-8"))[1]
 
 
 def first_container(job: dict) -> dict:
@@ -218,7 +219,7 @@ def test_validation_refuses_a_broken_trainjob(defect):
 
 
 def test_validation_refuses_a_broken_configmap_and_job():
-    config_map, job = k8s.manifests((k8s_examples.EXAMPLES / "optuna.yaml").read_text(encoding="utf-8"))
+    config_map, job = k8s.manifests((EXAMPLE_DIR / "optuna.yaml").read_text(encoding="utf-8"))
     config_map["data"]["config.yaml"] = 5
     job["spec"]["podFailurePolicy"]["rules"][1]["onPodConditions"][0].pop("status")
     assert validation.problems(config_map) and validation.problems(job)
@@ -229,14 +230,14 @@ def test_the_pvc_and_rbac_manifests_are_valid_and_grant_what_the_launcher_calls(
     role, binding = k8s.manifests((k8s.TEMPLATES / "rbac.yaml").read_text(encoding="utf-8"))
     for obj in (pvc, role, binding):
         assert validation.core_problems(obj) == []
-    assert pvc["metadata"]["name"] == k8s.DEFAULTS["pvc"] and pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert pvc["metadata"]["name"] == k8s.K8sOptions().pvc and pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
                for resource in rule["resources"] for verb in rule["verbs"]}
     needed = {("", "configmaps", "create"), ("", "configmaps", "patch"), ("", "configmaps", "delete"),
               ("", "persistentvolumeclaims", "get"), ("", "pods", "list"), ("", "pods/log", "get"),
               ("batch", "jobs", "get"), ("batch", "jobs", "create"), ("batch", "jobs", "delete")}
     for kind in ("PyTorchJob", "TrainJob"):
-        group, _, plural = k8s.GROUPS[kind]
+        group, _, plural = k8s_client.GROUPS[kind]
         needed |= {(group, plural, verb) for verb in ("create", "get", "delete")}
     assert needed <= granted, needed - granted
     assert binding["roleRef"]["name"] == role["metadata"]["name"]

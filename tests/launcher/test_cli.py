@@ -72,3 +72,27 @@ def test_unreachable_hub_model_or_push_is_refused_before_training(tmp_path):
                           "--set", "use_auth_token=HOTEL_HUB_TOKEN", "--set", f"output_dir={out}", env=offline)
     assert_one_line_error(result, "push_to_hub", "cannot reach the Hugging Face Hub")
     assert not out.exists()
+
+
+def test_the_command_line_has_no_branch_per_backend():
+    """cli.py names no backend in its logic: each command dispatches through launcher/backend.py."""
+    import ast
+
+    from launcher import backend
+
+    tree = ast.parse((REPO / "launcher" / "cli.py").read_text())
+    names = set(backend.SCHEDULERS) | {"local"}
+    compared = [node for node in ast.walk(tree) if isinstance(node, ast.Compare)
+                for side in [node.left, *node.comparators] if isinstance(side, ast.Constant) and side.value in names]
+    assert compared == []
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
+    assert not imported & {"slurm", "k8s", "slurm_client", "k8s_client"}
+
+
+def test_the_choices_the_command_line_offers_are_the_backends_own():
+    from launcher import backend, cli, k8s, k8s_fields, slurm
+
+    choices = {param.name: tuple(param.type.choices) for param in cli.render.params
+               if hasattr(param.type, "choices")}
+    assert choices == {"backend": tuple(backend.SCHEDULERS), "container": slurm.CONTAINERS, "api": k8s.APIS,
+                       "clean_pod_policy": k8s_fields.CLEAN_POD_POLICIES}

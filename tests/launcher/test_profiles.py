@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from launcher import profiles
-from launcher.jobspec import FieldError
-from launcher.profiles import Profile, ProfileError
+from launcher import options, profiles
+from launcher.appspec import AppOptions
+from launcher.errors import FieldError, ProfileError
+from launcher.profiles import Profile
+from launcher.slurm import SlurmOptions
 from tests.conftest import run_launcher
 
 
@@ -19,17 +21,17 @@ def write(path, data) -> str:
 def test_the_repository_profiles_are_valid():
     default, found = profiles.available([profiles.REPO_FILE])
     assert {"example", "example-enroot", "example-venv", "local"} <= set(found)
-    example = found["example"]
-    assert example.container == "apptainer" and example.image.endswith(".sif") and example.time == "04:00:00"
-    assert example.env["HF_HOME"].startswith("/shared/")
+    example = found["example"].settings
+    assert example["container"] == "apptainer" and example["image"].endswith(".sif") and example["time"] == "04:00:00"
+    assert example["env"]["HF_HOME"].startswith("/shared/")
 
 
 def test_a_profile_is_read_with_its_types(tmp_path):
     path = write(tmp_path / "launcher.yaml", {"default_profile": "gpu", "profiles": {"gpu": {
         "partition": "a100,h100", "time": 90, "mounts": ["/data"], "modules": ["cuda/12"], "max_retries": 0}}})
     profile = profiles.load(None, files=[path])
-    assert profile == Profile(name="gpu", partition="a100,h100", time="90", mounts=("/data",), modules=("cuda/12",),
-                              max_retries=0)
+    assert profile == Profile(name="gpu", settings=dict(partition="a100,h100", time="90", mounts=("/data",),
+                                                        modules=("cuda/12",), max_retries=0))
 
 
 def test_no_file_and_no_name_gives_the_built_in_defaults(tmp_path):
@@ -39,7 +41,7 @@ def test_no_file_and_no_name_gives_the_built_in_defaults(tmp_path):
 def test_the_users_file_wins_for_the_same_name(tmp_path):
     repo = write(tmp_path / "repo.yaml", {"profiles": {"gpu": {"partition": "old"}, "cpu": {}}})
     user = write(tmp_path / "user.yaml", {"default_profile": "gpu", "profiles": {"gpu": {"partition": "new"}}})
-    assert profiles.load(None, files=[repo, user]).partition == "new"
+    assert profiles.load(None, files=[repo, user]).get("partition") == "new"
     assert profiles.load("cpu", files=[repo, user]).name == "cpu"
 
 
@@ -77,12 +79,29 @@ def test_an_unknown_profile_names_the_close_ones(tmp_path):
 
 
 def test_command_line_options_override_and_are_checked():
-    base = Profile(name="p", partition="a", env={"A": "1"})
-    changed = profiles.override(base, {"partition": "b", "time": None, "env": {"B": "2"}, "mounts": ()})
-    assert changed.partition == "b" and changed.env == {"A": "1", "B": "2"} and changed.time is None
+    base = {"partition": "a", "env": {"A": "1"}, "time": "10", "max_retries": 5}
+    cli = {"partition": "b", "time": None, "env": {"B": "2"}, "mounts": ()}
+    slurm = options.build(SlurmOptions, base, cli)
+    assert slurm.partition == "b" and slurm.time == "10" and slurm.mounts == () and slurm.max_retries == 5
+    assert options.build(AppOptions, base, cli).env == {"A": "1", "B": "2"}  # added to the profile's
     with pytest.raises(FieldError) as caught:
-        profiles.override(base, {"qos": "x;y"})
+        options.build(SlurmOptions, base, {"qos": "x;y"})
     assert caught.value.field == "qos"
+
+
+def test_a_key_left_empty_keeps_the_default(tmp_path):
+    path = write(tmp_path / "launcher.yaml", "profiles: {p: {pvc: null, signal_lead: 60, partition: null}}")
+    profile = profiles.load("p", files=[path])
+    assert options.build(SlurmOptions, profile.settings) == SlurmOptions(signal_lead=60)
+
+
+def test_every_backend_key_is_a_profile_key():
+    from launcher import k8s
+
+    keys = profiles.keys()
+    assert set(options.profile_keys(SlurmOptions)) | set(options.profile_keys(k8s.K8sOptions)) | {"env", "image"} \
+        == set(keys)
+    assert "api" not in keys  # a command-line option only
 
 
 def test_cli_reports_a_bad_user_file_in_one_line(tmp_path):

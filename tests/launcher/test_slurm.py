@@ -1,4 +1,5 @@
-"""launcher render/submit/status/logs/cancel against stand-in sbatch/scontrol/scancel (no cluster needed).
+"""The Slurm backend: launcher render/submit/status/logs/cancel against stand-in sbatch/scontrol/scancel
+(no cluster needed), and what a job's options change in its script.
 
 The real cluster runs the same commands in tests/slurm/test_cluster.py.
 """
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher import slurm
+from launcher import appspec, recipes, slurm
+from launcher.profiles import Profile
 from tests.conftest import run_launcher
 
 FAKE = {
@@ -135,6 +137,37 @@ def test_without_slurm_the_error_says_what_to_do(tmp_path):
     assert result.returncode == 1 and "scancel not found" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_scontrol_output_is_parsed_with_spaces_in_values():
-    (job,) = slurm.parse_scontrol("JobId=5 JobName=a b Reason=None Command=/x/y StdOut=/o/slurm-5.out\n")
-    assert job["JobName"] == "a b" and job["StdOut"] == "/o/slurm-5.out"
+def script(settings: dict, recipe: str = "sft", **shape) -> str:
+    """The script for ``settings`` (a profile), with a stand-in for the recipe's --check."""
+    backend = slurm.SlurmBackend()
+    app, opts, _ = appspec.plan(backend, Profile(settings=settings), recipes.load(recipe),
+                                resolve=lambda *args: "seed: 1\n", **shape)
+    return backend.dryrun(app, opts).text
+
+
+def test_containers_mount_the_job_dir_unless_a_mount_covers_it(tmp_path):
+    container = {"container": "apptainer", "image": "/i.sif", "output_root": str(tmp_path)}
+    assert f"--bind {tmp_path}/sft --pwd" in script(container)
+    covered = script({**container, "mounts": (str(tmp_path),)})
+    assert f"--bind {tmp_path} --pwd" in covered and f"{tmp_path}/sft --pwd" not in covered
+    enroot = script({**container, "container": "enroot", "image": "img.sqsh"})
+    assert f"--container-image=img.sqsh --container-workdir={recipes.REPO_ROOT} --container-mounts={tmp_path}/sft" \
+        in enroot
+    assert f"#SBATCH --chdir={tmp_path}/sft\n" in enroot  # inside a container the job runs in its output dir
+
+
+def test_a_job_without_a_container_runs_in_the_workdir_with_its_venv_and_modules(tmp_path):
+    text = script({"workdir": "/shared/src", "venv": "/shared/venv", "modules": ("cuda/12",),
+                   "output_root": str(tmp_path), "max_retries": 7, "signal_lead": 90, "qos": "high"})
+    for line in ["#SBATCH --chdir=/shared/src", "module load cuda/12", "source /shared/venv/bin/activate",
+                 "max_retries=7", "#SBATCH --signal=B:USR1@90", "#SBATCH --qos=high"]:
+        assert line + "\n" in text, line
+    assert "apptainer" not in text and "--container-image" not in text
+
+
+def test_a_search_recipe_is_a_job_array_of_python_workers(tmp_path):
+    text = script({"output_root": str(tmp_path)}, "optuna", workers=3)
+    assert "#SBATCH --array=0-2\n" in text and f"#SBATCH --output={tmp_path}/optuna/slurm-%A_%a.out\n" in text
+    assert "  python recipes/optuna/search.py --config \"$config\" &\n" in text and "torchrun --nnodes" not in text
+
+

@@ -5,7 +5,9 @@ nothing can be quoted) or shell-quoted. For generated values full of newlines, q
 backticks, `;`, `#` and `%`, these tests check that
 
 - a value is either refused with a FieldError naming its field, or the rendered script passes
-  `bash -n` and its #SBATCH block holds exactly the expected options with the validated values;
+  `bash -n` and its #SBATCH block holds exactly the expected options with the validated values
+  (each case goes the way of `launcher render`, through `appspec.plan` and the backend's dry run,
+  with a stand-in for the recipe's `--check` that returns the generated config);
 - running the script against stub Slurm/torchrun/apptainer commands that record their argv and
   environment, every value arrives literally, and the config file equals the resolved config;
 - on the command line, a bad value is one line on stderr, exit 2, naming the option.
@@ -13,7 +15,6 @@ backticks, `;`, `#` and `%`, these tests check that
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import subprocess
 from pathlib import Path
@@ -24,8 +25,9 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from launcher import cli, jobspec, slurm
-from launcher.jobspec import FieldError, JobSpec
+from launcher import appspec, cli, recipes, slurm
+from launcher.errors import FieldError
+from launcher.profiles import Profile
 
 NASTY = ["\n", "\r", "'", '"', "$", "(", ")", "`", ";", "&", "|", "\\", "#", "%", " ", "\t", "*", "?", "~",
          "{", "}", "<", ">", "!", "=", ",", ":", "-", "/", ".", "é", "\u2028", "\x1b", "\x00"]
@@ -38,10 +40,10 @@ hostile = st.one_of(
 )
 safe_name = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,20}", fullmatch=True)
 maybe_hostile = st.one_of(st.none(), hostile, safe_name)
-SBATCH_FIELDS = {"job_name", "partition", "account", "qos", "time", "output_dir", "workdir", "profile", "recipe"}
-
-BASE = dict(recipe="sft", entry="recipes/sft/train.py", program="torchrun", config_text="seed: 1\n",
-            job_name="sft", job_dir="/shared/out/sft", workdir="/shared/src")
+BACKEND = slurm.SlurmBackend()
+FIELDS = {"job_name", "partition", "account", "qos", "time", "cpus_per_task", "container", "image", "mounts", "modules",
+          "venv", "env", "signal_lead", "workdir", "output_dir", "nodes", "gpus_per_node", "nproc_per_node",
+          "workers", "config", "overrides", "recipe"}
 
 
 def config_text(values: dict) -> str:
@@ -50,15 +52,16 @@ def config_text(values: dict) -> str:
 
 
 @st.composite
-def specs(draw, job_dir: str = "/shared/out/sft"):
-    container = draw(st.sampled_from(jobspec.CONTAINERS))
-    fields = dict(
-        BASE,
-        job_dir=job_dir,
-        job_name=draw(st.one_of(safe_name, hostile)),
+def jobs(draw, job_dir: str = "/shared/out/sft"):
+    """(the job's shape, its command-line options, the resolved config)."""
+    container = draw(st.sampled_from(slurm.CONTAINERS))
+    job = dict(recipe="sft", job_name=draw(st.one_of(safe_name, hostile)), overrides=(f"output_dir={job_dir}",),
+               nodes=draw(st.integers(1, 4)), gpus_per_node=draw(st.integers(0, 8)),
+               nproc_per_node=draw(st.integers(1, 8)))
+    options = dict(
+        workdir="/shared/src",
         partition=draw(maybe_hostile), account=draw(maybe_hostile), qos=draw(maybe_hostile),
         time=draw(st.one_of(st.none(), st.sampled_from(["30", "04:00:00", "1-00:00:00", "10:00"]), hostile)),
-        nodes=draw(st.integers(1, 4)), gpus_per_node=draw(st.integers(0, 8)), nproc_per_node=draw(st.integers(1, 8)),
         cpus_per_task=draw(st.one_of(st.none(), st.integers(1, 64))),
         container=container,
         image=draw(hostile.filter(bool)) if container != "none" else None,
@@ -66,13 +69,20 @@ def specs(draw, job_dir: str = "/shared/out/sft"):
         modules=tuple(draw(st.lists(hostile, max_size=2))) if container == "none" else (),
         env=draw(st.dictionaries(st.one_of(st.from_regex(r"[A-Z_][A-Z0-9_]{0,8}", fullmatch=True), hostile),
                                  hostile, max_size=3)),
-        config_text=config_text(draw(st.dictionaries(hostile, st.one_of(hostile, st.integers(), st.none()),
-                                                     min_size=1, max_size=4))),
         signal_lead=draw(st.integers(1, 120)),
     )
     if draw(st.booleans()):
-        fields["workdir"] = draw(hostile)
-    return fields
+        options["workdir"] = draw(hostile)
+    text = config_text(draw(st.dictionaries(hostile, st.one_of(hostile, st.integers(), st.none()), min_size=1,
+                                            max_size=4)))
+    return job, options, text
+
+
+def dryrun(job: dict, options: dict, text: str) -> slurm.SlurmRequest:
+    job = dict(job)
+    app, opts, _ = appspec.plan(BACKEND, Profile(), recipes.load(job.pop("recipe")), options,
+                                resolve=lambda *args: text, **job)
+    return BACKEND.dryrun(app, opts)
 
 
 def sbatch_block(script: str) -> list[str]:
@@ -86,18 +96,19 @@ def sbatch_block(script: str) -> list[str]:
     return found
 
 
-def expected_block(spec: JobSpec) -> list[str]:
-    lines = [f"--job-name={spec.job_name}", f"--nodes={spec.nodes}", "--ntasks-per-node=1"]
-    if spec.gpus_per_node:
-        lines.append(f"--gpus-per-node={spec.gpus_per_node}")
-    if spec.cpus_per_task:
-        lines.append(f"--cpus-per-task={spec.cpus_per_task}")
-    if spec.time:
-        lines.append(f"--time={spec.time}")
-    lines += [f"--{name}={getattr(spec, name)}" for name in ("partition", "account", "qos") if getattr(spec, name)]
-    chdir = spec.workdir if spec.container == "none" else spec.job_dir
-    lines += [f"--chdir={chdir}", f"--output={spec.job_dir}/slurm-%j.out", "--open-mode=append",
-              f"--signal=B:USR1@{spec.signal_lead}", "--requeue"]
+def expected_block(job: slurm.SlurmRequest) -> list[str]:
+    app, opts = job.app, job.opts
+    lines = [f"--job-name={app.job_name}", f"--nodes={app.nodes}", "--ntasks-per-node=1"]
+    if app.gpus_per_node:
+        lines.append(f"--gpus-per-node={app.gpus_per_node}")
+    if opts.cpus_per_task:
+        lines.append(f"--cpus-per-task={opts.cpus_per_task}")
+    if opts.time:
+        lines.append(f"--time={opts.time}")
+    lines += [f"--{name}={getattr(opts, name)}" for name in ("partition", "account", "qos") if getattr(opts, name)]
+    chdir = job.workdir if opts.container == "none" else app.output_dir
+    lines += [f"--chdir={chdir}", f"--output={app.output_dir}/slurm-%j.out", "--open-mode=append",
+              f"--signal=B:USR1@{opts.signal_lead}", "--requeue"]
     return [f"#SBATCH {line}" for line in lines]
 
 
@@ -106,18 +117,18 @@ def bash_syntax_ok(script: str) -> subprocess.CompletedProcess:
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-@given(specs())
-def test_hostile_values_are_refused_or_cannot_leave_their_place(fields):
+@given(jobs())
+def test_hostile_values_are_refused_or_cannot_leave_their_place(case):
     try:
-        spec = JobSpec(**fields)
+        job = dryrun(*case)
     except FieldError as exc:
         assert "\n" not in str(exc) and "\r" not in str(exc)
-        assert exc.field.split(".")[0] in {f.name for f in dataclasses.fields(JobSpec)} | {"config"}
+        assert exc.field.split(".")[0] in FIELDS, exc.field
         return
-    script = slurm.render(spec)
+    script = job.text
     checked = bash_syntax_ok(script)
     assert checked.returncode == 0, checked.stderr.decode()
-    assert sbatch_block(script) == expected_block(spec)
+    assert sbatch_block(script) == expected_block(job)
     for line in sbatch_block(script):  # nothing in the block that a shell or sbatch would expand
         assert re.fullmatch(r"#SBATCH --[a-z-]+(=[A-Za-z0-9_@+=:,./%-]+)?", line), line
 
@@ -180,60 +191,62 @@ def run_script(script: str, stub_bin: Path, work: Path) -> Path:
 @given(data=st.data())
 def test_every_value_arrives_literally_when_the_script_runs(data, stub_bin, tmp_path_factory):
     work = tmp_path_factory.mktemp("run")
-    fields = data.draw(specs(job_dir=str(work / "out")))
-    fields["workdir"] = str(work)
-    fields["job_name"] = "job"
+    job, options, text = data.draw(jobs(job_dir=str(work / "out")))
+    options["workdir"] = str(work)
+    job["job_name"] = "job"
     for name in ("partition", "account", "qos", "time"):
-        fields[name] = None
-    fields["program"] = data.draw(st.sampled_from(["torchrun", "python"]))
-    if fields["program"] == "python":
-        fields.update(entry="recipes/optuna/search.py", nodes=1)
+        options[name] = None
+    if data.draw(st.booleans()):
+        job.update(recipe="optuna", nodes=1)  # a search recipe: python, not torchrun
     venv = data.draw(st.one_of(st.none(), hostile.filter(lambda v: v and "/" not in v and "\0" not in v
                                                          and v not in (".", ".."))))
-    if venv is not None and fields["container"] == "none":
-        fields["venv"] = str(work / venv)
+    if venv is not None and options["container"] == "none":
+        options["venv"] = str(work / venv)
         (work / venv / "bin").mkdir(parents=True)
         (work / venv / "bin" / "activate").write_text('touch "$STUBS/venv-activated"\n')
     try:
-        spec = JobSpec(**fields)
+        request = dryrun(job, options, text)
     except FieldError:
         assume(False)
-    stubs = run_script(slurm.render(spec), stub_bin, work)
+    stubs = run_script(request.text, stub_bin, work)
+    app, opts = request.app, request.opts
+    program = "python" if app.is_search else "torchrun"
 
     # The config file next to the outputs is the resolved config, byte for byte.
-    assert Path(spec.config_path).read_text(encoding="utf-8") == spec.config_text
+    assert Path(request.config_path).read_text(encoding="utf-8") == text
     # The exported environment arrives unchanged in the training processes.
-    seen = dict(item.split("=", 1) for item in read_args(stubs / f"{spec.program}.env") if "=" in item)
-    for key, value in spec.env.items():
+    seen = dict(item.split("=", 1) for item in read_args(stubs / f"{program}.env") if "=" in item)
+    for key, value in app.env.items():
         assert seen.get(key) == value, key
     # torchrun/python get exactly the command line every backend runs.
-    program_args = read_args(stubs / f"{spec.program}.args")
-    if spec.program == "torchrun":
-        assert program_args == ["--nnodes", str(spec.nodes), "--nproc_per_node", str(spec.nproc_per_node),
+    program_args = read_args(stubs / f"{program}.args")
+    if program == "torchrun":
+        assert program_args == ["--nnodes", str(app.nodes), "--nproc_per_node", str(app.nproc_per_node),
                                 "--rdzv_backend", "c10d", "--rdzv_endpoint", "10.1.2.3:20042", "--rdzv_id", "42",
-                                spec.entry, "--config", spec.config_path]
+                                app.entry, "--config", request.config_path]
     else:
-        assert program_args == [spec.entry, "--config", spec.config_path]
+        assert program_args == [app.entry, "--config", request.config_path]
     srun_args = read_args(stubs / "srun.args")
-    if spec.container == "enroot":
-        assert f"--container-image={spec.image}" in srun_args
-        assert f"--container-workdir={spec.workdir}" in srun_args
-        if spec.mounts:
-            assert f"--container-mounts={','.join(spec.mounts)}" in srun_args
-    if spec.container in ("apptainer", "singularity"):
-        args = read_args(stubs / f"{spec.container}.args")
-        expected = ["exec", *(["--nv"] if spec.gpus_per_node else [])]
-        for mount in spec.mounts:
+    if opts.container == "enroot":
+        assert f"--container-image={app.image}" in srun_args
+        assert f"--container-workdir={request.workdir}" in srun_args
+        assert f"--container-mounts={','.join(request.mounts)}" in srun_args
+    if opts.container in ("apptainer", "singularity"):
+        args = read_args(stubs / f"{opts.container}.args")
+        expected = ["exec", *(["--nv"] if app.gpus_per_node else [])]
+        for mount in request.mounts:
             expected += ["--bind", mount]
-        assert args[:len(expected) + 3] == [*expected, "--pwd", spec.workdir, spec.image]
-    if spec.modules:
-        assert read_args(stubs / "module.args") == ["load", *spec.modules]
-    if spec.venv:
+        assert args[:len(expected) + 3] == [*expected, "--pwd", request.workdir, app.image]
+    if opts.container != "none":
+        assert app.output_dir in request.mounts or any(app.output_dir.startswith(m + "/") for m in opts.mounts)
+    if opts.modules:
+        assert read_args(stubs / "module.args") == ["load", *opts.modules]
+    if opts.venv:
         assert (stubs / "venv-activated").exists()
     # The agent (and so the workers until they install a handler) starts with USR1 ignored.
-    sigign = int((stubs / f"{spec.program}.sigign").read_text(), 16)
+    sigign = int((stubs / f"{program}.sigign").read_text(), 16)
     assert sigign & (1 << (10 - 1))
-    assert not list(work.glob("pwned")) and not list(Path(spec.job_dir).glob("pwned"))
+    assert not list(work.glob("pwned")) and not list(Path(app.output_dir).glob("pwned"))
 
 
 BAD_SBATCH_OPTIONS = ["--job-name", "--partition", "--account", "--qos", "--time", "--output-root", "--workdir"]
@@ -283,9 +296,9 @@ def test_a_hostile_config_value_goes_through_the_real_recipe_check(tmp_path, stu
 def test_the_template_quotes_every_value_outside_the_sbatch_block():
     """Outside #SBATCH lines, each {{ }} is shell-quoted, an integer, or the here-document's body."""
     source = (slurm.TEMPLATES / slurm.TEMPLATE).read_text()
-    allowed_bare = {"spec.config_text", "config_end", "spec.nodes", "spec.nproc_per_node", "spec.gpus_per_node",
-                    "spec.cpus_per_task", "spec.workers", "spec.workers - 1", "spec.max_retries", "spec.signal_lead",
-                    "spec.container", "spec.recipe", "spec.profile", "spec.job_dir", "key"}
+    allowed_bare = {"app.config_text", "config_end", "app.nodes", "app.nproc_per_node", "app.gpus_per_node",
+                    "opts.cpus_per_task", "app.workers", "app.workers - 1", "opts.max_retries", "opts.signal_lead",
+                    "opts.container", "app.recipe.name", "app.profile", "app.output_dir", "key"}
     for line in source.splitlines():
         for expr in re.findall(r"{{(.*?)}}", line):
             expr = expr.strip()
@@ -294,21 +307,24 @@ def test_the_template_quotes_every_value_outside_the_sbatch_block():
             assert expr in allowed_bare, f"unquoted value in the template: {{{{ {expr} }}}} in {line!r}"
 
 
+SAFE_JOB = dict(recipe="sft", job_name="sft", overrides=("output_dir=/shared/out/sft",))
+
+
 def test_the_config_end_marker_cannot_end_the_here_document_early():
     with pytest.raises(FieldError, match="config"):
-        JobSpec(**{**BASE, "config_text": "a: 1\nFT_RECIPES_CONFIG\nb: 2\n"})
+        dryrun(SAFE_JOB, {}, "a: 1\nFT_RECIPES_CONFIG\nb: 2\n")
 
 
 def test_environment_names_are_checked():
     with pytest.raises(FieldError, match="env"):
-        JobSpec(**{**BASE, "env": {"A=B; touch x": "1"}})
+        dryrun(SAFE_JOB, {"env": {"A=B; touch x": "1"}}, "seed: 1\n")
 
 
 def test_stub_harness_sees_a_missing_quote(stub_bin, tmp_path):
     """The harness itself can fail: an unquoted value with a space would split into two words."""
-    spec = JobSpec(**{**BASE, "job_dir": str(tmp_path / "out"), "workdir": str(tmp_path),
-                      "env": {"SPACED": "a b"}})
-    script = slurm.render(spec).replace("export SPACED='a b'", "export SPACED=a b")
+    job = dict(SAFE_JOB, overrides=(f"output_dir={tmp_path / 'out'}",))
+    request = dryrun(job, {"workdir": str(tmp_path), "env": {"SPACED": "a b"}}, "seed: 1\n")
+    script = request.text.replace("export SPACED='a b'", "export SPACED=a b")
     stubs = run_script(script, stub_bin, tmp_path)
     seen = dict(item.split("=", 1) for item in read_args(stubs / "torchrun.env") if "=" in item)
     assert seen.get("SPACED") != "a b"
@@ -316,4 +332,4 @@ def test_stub_harness_sees_a_missing_quote(stub_bin, tmp_path):
 
 def test_nul_bytes_are_refused():
     with pytest.raises(FieldError, match="image"):
-        JobSpec(**{**BASE, "container": "apptainer", "image": "a\0b"})
+        dryrun(SAFE_JOB, {"container": "apptainer", "image": "a\0b"}, "seed: 1\n")

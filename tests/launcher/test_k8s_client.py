@@ -1,4 +1,4 @@
-"""(c) submit / status / logs / cancel against a stand-in for the Kubernetes API server.
+"""launcher/k8s_client.py: submit / status / logs / cancel against a stand-in for the Kubernetes API server.
 
 No API server can run here. `FakeApiServer` stands in for one: a small HTTP server on the
 loopback interface that serves exactly the REST paths the launcher's `kubernetes` client calls
@@ -22,7 +22,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from launcher import cli, k8s, profiles, recipes
+from launcher import appspec, cli, k8s, k8s_client, profiles, recipes
+from launcher.k8s_client import K8sError
 
 NAMESPACE = "ml"
 TOKEN = "test-token-123"
@@ -134,10 +135,21 @@ def api(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def job() -> k8s.K8sJob:
-    """One rendered job, built once (building runs the recipe's --check)."""
-    return k8s.build(recipes.load("sft-zero2"), profiles.Profile(hf_token_secret="hf-token"), nodes=2,
-                     gpus_per_node=4, suffix="t3st1")
+def rendered() -> k8s.K8sRequest:
+    """One rendered job, built once (planning runs the recipe's --check)."""
+    backend = k8s.K8sBackend(suffix=lambda base: "t3st1")
+    app, opts, _ = appspec.plan(backend, profiles.Profile(settings={"hf_token_secret": "hf-token"}),
+                                recipes.load("sft-zero2"), nodes=2, gpus_per_node=4)
+    return backend.dryrun(app, opts)
+
+
+@pytest.fixture
+def job(rendered) -> k8s.K8sJob:
+    return rendered.job
+
+
+def submit(rendered: k8s.K8sRequest, dry_run: bool = False) -> dict:
+    return k8s_client.submit(k8s_client.connect(), rendered.objects, rendered.job.opts.pvc, dry_run=dry_run)
 
 
 def launcher(*args: str, env: dict | None = None):
@@ -168,9 +180,8 @@ def test_submit_creates_the_configmap_then_the_job_and_makes_the_job_own_it(api)
     assert f"launcher logs {name} --backend k8s -n {NAMESPACE} --follow" in result.output
 
 
-def test_server_side_dry_run_creates_nothing(api, job):
-    cluster = k8s.connect()
-    k8s.submit(job, cluster, dry_run=True)
+def test_server_side_dry_run_creates_nothing(api, rendered):
+    submit(rendered, dry_run=True)
     posts = [r for r in api.requests if r["method"] == "POST"]
     assert len(posts) == 2 and all(r["query"] == {"dryRun": ["All"]} for r in posts)
     assert api.calls("PATCH") == []
@@ -184,31 +195,31 @@ def test_client_side_dry_run_prints_the_manifests_and_sends_nothing(api):
     assert "dry run: would create ConfigMap" in result.stderr and api.requests == []
 
 
-def test_already_exists_is_reported_and_the_new_configmap_is_removed(api, job):
+def test_already_exists_is_reported_and_the_new_configmap_is_removed(api, job, rendered):
     path = f"/apis/kubeflow.org/v1/namespaces/{NAMESPACE}/pytorchjobs"
     api.overrides[("POST", path)] = (409, status_body(409, "AlreadyExists", f'pytorchjobs.kubeflow.org "{job.name}" '
                                                       "already exists", {"name": job.name, "kind": "pytorchjobs"}))
-    with pytest.raises(k8s.K8sError) as error:
-        k8s.submit(job, k8s.connect())
+    with pytest.raises(K8sError) as error:
+        submit(rendered)
     message = str(error.value)
     assert message.startswith(f"creating PyTorchJob {job.name}: it already exists in namespace {NAMESPACE}")
     assert "already exists" in message and "\n" not in message
     assert ("DELETE", f"/api/v1/namespaces/{NAMESPACE}/configmaps/{job.config_map}") in api.calls()
 
 
-def test_forbidden_says_it_is_rbac_and_names_the_namespace(api, job):
+def test_forbidden_says_it_is_rbac_and_names_the_namespace(api, job, rendered):
     api.overrides[("POST", f"/api/v1/namespaces/{NAMESPACE}/configmaps")] = FORBIDDEN
     result = launcher("cancel", job.name, "--backend", "k8s")  # nothing to cancel: a 404, the job is not found
     assert result.exit_code == 1 and f"no PyTorchJob, TrainJob or Job named {job.name}" in result.output
-    with pytest.raises(k8s.K8sError) as error:
-        k8s.submit(job, k8s.connect())
+    with pytest.raises(K8sError) as error:
+        submit(rendered)
     message = str(error.value)
     assert f"forbidden by RBAC in namespace {NAMESPACE}" in message and "k8s/README.md, section RBAC" in message
     assert 'User "alice" cannot create resource "configmaps"' in message
     assert api.calls("POST") == [("POST", f"/api/v1/namespaces/{NAMESPACE}/configmaps")]  # no job without config
 
 
-def test_a_missing_crd_says_the_training_operator_is_not_installed(api, job):
+def test_a_missing_crd_says_the_training_operator_is_not_installed(api, rendered):
     api.overrides[("GET", "/apis/kubeflow.org/v1")] = NO_SUCH_API
     result = launcher("submit", "recipes/sft-zero2", "--backend", "k8s")
     assert result.exit_code == 1
@@ -218,21 +229,21 @@ def test_a_missing_crd_says_the_training_operator_is_not_installed(api, job):
     # Discovery hidden from the user: the create itself answers 404 for the API group.
     api.overrides[("GET", "/apis/kubeflow.org/v1")] = FORBIDDEN
     api.overrides[("POST", f"/apis/kubeflow.org/v1/namespaces/{NAMESPACE}/pytorchjobs")] = NO_SUCH_API
-    with pytest.raises(k8s.K8sError, match="Training Operator is not installed"):
-        k8s.submit(job, k8s.connect())
+    with pytest.raises(K8sError, match="Training Operator is not installed"):
+        submit(rendered)
 
 
-def test_a_missing_pvc_is_reported_before_anything_is_created(api, job):
+def test_a_missing_pvc_is_reported_before_anything_is_created(api, rendered):
     api.overrides[("GET", f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims/ft-recipes-outputs")] = (
         404, status_body(404, "NotFound", 'persistentvolumeclaims "ft-recipes-outputs" not found',
                          {"name": "ft-recipes-outputs", "kind": "persistentvolumeclaims"}))
-    with pytest.raises(k8s.K8sError, match=f"no PersistentVolumeClaim ft-recipes-outputs in namespace {NAMESPACE}"):
-        k8s.submit(job, k8s.connect())
+    with pytest.raises(K8sError, match=f"no PersistentVolumeClaim ft-recipes-outputs in namespace {NAMESPACE}"):
+        submit(rendered)
     assert api.calls("POST") == []
 
 
-def test_status_logs_and_cancel(api, job):
-    k8s.submit(job, k8s.connect())
+def test_status_logs_and_cancel(api, job, rendered):
+    submit(rendered)
     path = f"/apis/kubeflow.org/v1/namespaces/{NAMESPACE}/pytorchjobs/{job.name}"
     api.objects[path]["status"] = {"conditions": [
         {"type": "Created", "status": "True", "reason": "PyTorchJobCreated"},

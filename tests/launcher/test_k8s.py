@@ -1,6 +1,6 @@
-"""The command line with --backend k8s: options and profile keys of each backend, bad input as one line.
+"""The Kubernetes backend's options: each backend's options and profile keys, bad input as one line.
 
-The manifests themselves are checked in tests/k8s/.
+The manifests themselves are checked in tests/k8s/, the cluster client in test_k8s_client.py.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from launcher import cli, k8s, profiles
+from launcher import cli, k8s, options, profiles
 
 K8S_PROFILE = """
 profiles:
@@ -71,8 +71,8 @@ def test_profile_keys_of_the_other_backend_are_ignored(tmp_path):
     assert {"name": "OPTUNA_DB", "valueFrom": {"secretKeyRef": {"name": "optuna-db", "key": "url"}}} in \
         spec["containers"][0]["env"]
     assert "/shared/outputs" not in result.stdout  # output_root is Slurm's: k8s writes to the PVC at /outputs
-    slurm = profiles.load("both", files=[tmp_path / "ft-recipes" / "launcher.yaml"])
-    assert slurm.partition == "gpu" and slurm.labels == {"team": "nlp"}
+    both = profiles.load("both", files=[tmp_path / "ft-recipes" / "launcher.yaml"]).settings
+    assert both["partition"] == "gpu" and both["labels"] == {"team": "nlp"}
 
 
 @pytest.mark.parametrize("text, message", [
@@ -93,6 +93,12 @@ def test_bad_k8s_profile_keys_name_the_file_profile_and_key(tmp_path, text, mess
 
 
 def test_command_line_labels_add_to_the_profiles():
-    profile = profiles.Profile(labels={"team": "nlp"}, node_selector={"a": "1"})
-    changed = profiles.override(profile, {"labels": {"run": "7"}, "node_selector": {}, "pvc": None})
+    settings = {"labels": {"team": "nlp"}, "node_selector": {"a": "1"}}
+    changed = options.build(k8s.K8sOptions, settings, {"labels": {"run": "7"}, "node_selector": {}, "pvc": None})
     assert changed.labels == {"team": "nlp", "run": "7"} and changed.node_selector == {"a": "1"}
+    assert changed.pvc == "ft-recipes-outputs" and changed.api == "pytorchjob"
+
+
+def test_secrets_from_their_own_keys_and_from_secret_env():
+    opts = options.build(k8s.K8sOptions, {"secret_env": {"DB": "db:url"}}, {"hf_token_secret": "hf", "time": "90"})
+    assert opts.secrets == {"DB": "db:url", "HF_TOKEN": "hf"} and opts.deadline == 5400
