@@ -83,26 +83,29 @@ def check_queue(name: str, value: Any) -> str | None:
 
 @dataclass(frozen=True)
 class K8sOptions:
-    """Where and how a job runs on Kubernetes (profile keys and command-line options of the same names)."""
+    """Where and how a job runs on Kubernetes (profile keys and command-line options of the same names).
+
+    A key a profile leaves empty (null) keeps its default.
+    """
 
     api: str = option("pytorchjob", check=one_of(APIS), in_profile=False)
     time: str | None = option(check=check_time)                # the job's deadline (activeDeadlineSeconds)
     cpus_per_task: int | None = option(check=check_cpus)       # the pods' CPU request
     namespace: str | None = option(check=optional(k8s_fields.check_dns1123_label))  # None: the context's
     pvc: str = option("ft-recipes-outputs", check=optional(k8s_fields.check_dns1123_subdomain))  # at /outputs
-    node_selector: dict[str, str] = option({}, check=k8s_fields.check_labels, merge=True)
-    tolerations: tuple[dict, ...] = option((), check=k8s_fields.check_tolerations)
+    node_selector: dict[str, str] = option({}, check=optional(k8s_fields.check_labels), merge=True)
+    tolerations: tuple[dict, ...] = option((), check=optional(k8s_fields.check_tolerations))
     priority_class: str | None = option(check=optional(k8s_fields.check_dns1123_subdomain))
     kueue_queue: str | None = option(check=check_queue)       # the kueue.x-k8s.io/queue-name label
-    labels: dict[str, str] = option({}, check=k8s_fields.check_labels, merge=True)
-    annotations: dict[str, str] = option({}, check=k8s_fields.check_annotations, merge=True)
+    labels: dict[str, str] = option({}, check=optional(k8s_fields.check_labels), merge=True)
+    annotations: dict[str, str] = option({}, check=optional(k8s_fields.check_annotations), merge=True)
     service_account: str | None = option(check=optional(k8s_fields.check_dns1123_subdomain))
     hf_token_secret: str | None = option(check=check_secret("HF_TOKEN"))     # SECRET[:KEY] -> env HF_TOKEN
     wandb_secret: str | None = option(check=check_secret("WANDB_API_KEY"))   # SECRET[:KEY] -> env WANDB_API_KEY
-    secret_env: dict[str, str] = option({}, check=k8s_fields.check_secret_env, merge=True)  # ENV: SECRET[:KEY]
-    backoff_limit: int = option(3, check=int_from(0, 100))     # pod restarts before the job fails
-    ttl_seconds_after_finished: int = option(7 * 24 * 3600, check=int_from(0, 2**31 - 1))  # then it is deleted
-    clean_pod_policy: str = option("Running", check=one_of(k8s_fields.CLEAN_POD_POLICIES))
+    secret_env: dict[str, str] = option({}, check=optional(k8s_fields.check_secret_env), merge=True)  # ENV: SECRET
+    backoff_limit: int = option(3, check=optional(int_from(0, 100)))  # pod restarts before the job fails
+    ttl_seconds_after_finished: int = option(7 * 24 * 3600, check=optional(int_from(0, 2**31 - 1)))  # then deleted
+    clean_pod_policy: str = option("Running", check=optional(one_of(k8s_fields.CLEAN_POD_POLICIES)))
     memory: str | None = option(check=optional(k8s_fields.check_quantity))  # each pod's request and limit
     training_runtime: str = option("torch-distributed", check=optional(k8s_fields.check_dns1123_subdomain))
 
@@ -193,7 +196,7 @@ class K8sJob:
             found.append({"name": "PET_RDZV_CONF", "value": f"timeout={RDZV_TIMEOUT}"})
         found += [{"name": key, "value": value} for key, value in sorted(self.app.env.items())]
         for key, ref in sorted(self.opts.secrets.items()):
-            secret, secret_key = k8s_fields.check_secret_ref("secret_env", ref, key)
+            secret, secret_key = k8s_fields.secret_ref(ref, key)
             found.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": secret_key}}})
         return found
 

@@ -190,12 +190,16 @@ def check_quantity(name: str, value: Any) -> str:
     return value
 
 
+def secret_ref(value: str, default_key: str) -> tuple[str, str]:
+    """``SECRET[:KEY]`` as (the Secret's name, the key holding the value: ``default_key`` if not given)."""
+    secret, _, key = value.partition(":")
+    return secret, key or default_key
+
+
 def check_secret_ref(name: str, value: Any, default_key: str) -> tuple[str, str]:
     """``SECRET[:KEY]``: a Secret's name and the key holding the value (default ``default_key``)."""
-    value = _string(name, value)
-    secret, _, key = value.partition(":")
+    secret, key = secret_ref(_string(name, value), default_key)
     check_dns1123_subdomain(name, secret)
-    key = key or default_key
     if len(key) > 253 or not _DATA_KEY.fullmatch(key) or key in (".", ".."):
         raise FieldError(name, "the key after ':' must be letters, digits, '-', '_' or '.', got " + shown(key))
     return secret, key

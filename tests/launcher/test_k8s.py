@@ -102,3 +102,13 @@ def test_command_line_labels_add_to_the_profiles():
 def test_secrets_from_their_own_keys_and_from_secret_env():
     opts = options.build(k8s.K8sOptions, {"secret_env": {"DB": "db:url"}}, {"hf_token_secret": "hf", "time": "90"})
     assert opts.secrets == {"DB": "db:url", "HF_TOKEN": "hf"} and opts.deadline == 5400
+
+
+def test_kubernetes_keys_left_empty_in_a_profile_keep_their_defaults(tmp_path):
+    keys = ("namespace", "pvc", "node_selector", "tolerations", "priority_class", "kueue_queue", "labels", "annotations",
+            "service_account", "hf_token_secret", "wandb_secret", "secret_env", "backoff_limit",
+            "ttl_seconds_after_finished", "clean_pod_policy", "memory", "training_runtime")
+    path = tmp_path / "launcher.yaml"
+    path.write_text("profiles:\n  p:\n" + "".join(f"    {key}: null\n" for key in keys))
+    profile = profiles.load("p", files=[path])
+    assert options.build(k8s.K8sOptions, profile.settings) == k8s.K8sOptions()

@@ -10,8 +10,8 @@ import time
 
 from launcher import signals
 
-WAITER = "import signal, sys, time; signal.signal(signal.SIGUSR1, lambda *a: sys.exit(143)); print('ready', flush=True); " \
-         "time.sleep(60)"
+WAITER = ("import signal, sys, time; signal.signal(signal.SIGUSR1, lambda *a: sys.exit(143)); "
+          "print('ready', flush=True); time.sleep(60)")
 
 
 def test_a_process_without_workers_gets_the_signal_itself_and_the_old_handler_returns():
