@@ -202,19 +202,15 @@ BROKEN_TRAINJOB = {
 }
 
 
-@pytest.mark.parametrize("defect", BROKEN_PYTORCHJOB)
-def test_validation_refuses_a_broken_pytorchjob(defect):
-    job = example("sft-zero2.yaml")
-    assert validation.problems(job) == []
-    BROKEN_PYTORCHJOB[defect](job)
-    assert validation.problems(job), defect
+BROKEN = [("sft-zero2.yaml", defect, BROKEN_PYTORCHJOB[defect]) for defect in BROKEN_PYTORCHJOB] + \
+         [("sft-zero2.trainjob.yaml", defect, BROKEN_TRAINJOB[defect]) for defect in BROKEN_TRAINJOB]
 
 
-@pytest.mark.parametrize("defect", BROKEN_TRAINJOB)
-def test_validation_refuses_a_broken_trainjob(defect):
-    job = example("sft-zero2.trainjob.yaml")
+@pytest.mark.parametrize("name, defect, breaks", BROKEN, ids=[f"{kind}: {defect}" for kind, defect, _ in BROKEN])
+def test_validation_refuses_a_broken_pytorchjob_or_trainjob(name, defect, breaks):
+    job = example(name)
     assert validation.problems(job) == []
-    BROKEN_TRAINJOB[defect](job)
+    breaks(job)
     assert validation.problems(job), defect
 
 
