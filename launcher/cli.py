@@ -25,8 +25,7 @@ OVERRIDES = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE
                          help="override a config key (repeatable)")
 # Fields no option of their own names (every other field is named by its option's flag).
 FIELD_NAMES = {"output_dir": "--set output_dir", "overrides": "--set", "config": "the resolved config",
-               "tolerations": "the profile's tolerations", "recipe": "RECIPE", "profile": "--profile",
-               "dry_run_server": "--dry-run"}
+               "tolerations": "the profile's tolerations", "recipe": "RECIPE", "dry_run_server": "--dry-run"}
 
 
 def flag(command: click.Command, field: str) -> str:

@@ -96,3 +96,15 @@ def test_the_choices_the_command_line_offers_are_the_backends_own():
                if hasattr(param.type, "choices")}
     assert choices == {"backend": tuple(backend.SCHEDULERS), "container": slurm.CONTAINERS, "api": k8s.APIS,
                        "clean_pod_policy": k8s_fields.CLEAN_POD_POLICIES}
+
+
+def test_a_field_is_named_by_the_option_that_sets_it():
+    from launcher import cli
+
+    named = {field: cli.flag(cli.submit, field) for field in (
+        "gpus_per_node", "labels.team", "env.HF_HOME", "mounts", "node_selector", "output_dir", "overrides",
+        "tolerations", "recipe", "JOB", "dry_run_server", "context")}
+    assert named == {"gpus_per_node": "--gpus", "labels.team": "--label team", "env.HF_HOME": "--env HF_HOME",
+                     "mounts": "--mount", "node_selector": "--node-selector", "output_dir": "--set output_dir",
+                     "overrides": "--set", "tolerations": "the profile's tolerations", "recipe": "RECIPE",
+                     "JOB": "JOB", "dry_run_server": "--dry-run", "context": "--context"}
