@@ -1,22 +1,25 @@
-"""Atomic checkpoints, resume from the newest complete one, and graceful stop on a signal.
+"""Atomic checkpoints, and resuming from the newest complete one.
 
 A checkpoint is written under ``<output_dir>/.staging/``; once every rank has finished writing,
-rank 0 renames it to ``<output_dir>/checkpoint-<step>`` and then writes ``COMPLETE`` inside it.
+rank 0 renames it to ``<output_dir>/checkpoint-<step>`` and then writes ``COMPLETE`` inside it
+(``staged``: every recipe saves through it, the Trainer's through ``recipekit.trainer``).
 Resume only ever considers directories with that marker, so a run killed mid-save restarts
 from the previous complete checkpoint instead of a corrupt one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import shutil
-import signal
 import time
 from pathlib import Path
+from typing import Iterator
 
 from recipekit import distributed
+from recipekit.schema import TrainingOptions
 
 log = logging.getLogger("recipekit")
 MARKER = "COMPLETE"
@@ -50,6 +53,11 @@ def latest_complete(output_dir: str | Path) -> Path | None:
     return chosen
 
 
+def resume_point(train: TrainingOptions) -> Path | None:
+    """Where this run continues: the newest complete checkpoint in output_dir when ``resume`` is on."""
+    return latest_complete(train.output_dir) if train.resume else None
+
+
 def mark_complete(path: Path, step: int) -> None:
     (path / MARKER).write_text(json.dumps({"step": step, "time": time.time()}) + "\n")
 
@@ -76,88 +84,25 @@ def prune(output_dir: str | Path, keep: int | None) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-class AtomicCheckpointMixin:
-    """Mix into a ``transformers.Trainer`` subclass to make its checkpoints atomic.
+@contextlib.contextmanager
+def staged(output_dir: str | Path, step: int, keep: int | None) -> Iterator[Path]:
+    """Write ``checkpoint-<step>`` atomically (collective: every rank enters it).
 
-    The Trainer writes each checkpoint into a staging dir; it is published once all ranks are done.
-    The Trainer's own rotation is bypassed (it could delete the newest complete checkpoint).
+    Every rank writes into the staging directory this yields; once all have finished, rank 0
+    publishes it, removes what a killed run may have left in staging, and keeps the newest
+    ``keep`` complete checkpoints. An exception inside leaves nothing published.
     """
-
-    def _get_output_dir(self, trial):  # noqa: D401 - Trainer hook
-        if getattr(self, "_staging_save", False):
-            return str(Path(self.args.output_dir) / STAGING)
-        return super()._get_output_dir(trial)
-
-    def _save_checkpoint(self, model, trial):
-        step = self.state.global_step
-        staging_root = Path(self.args.output_dir) / STAGING
-        if self.args.should_save:
-            shutil.rmtree(staging_root / f"checkpoint-{step}", ignore_errors=True)
-        distributed.barrier()
-        limit, self.args.save_total_limit = self.args.save_total_limit, None
-        self._staging_save = True
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._staging_save = False
-            self.args.save_total_limit = limit
-        distributed.barrier()
-        if self.args.should_save:
-            publish(staging_root / f"checkpoint-{step}", Path(self.args.output_dir) / f"checkpoint-{step}", step)
-            shutil.rmtree(staging_root, ignore_errors=True)  # also any half-written leftovers of a killed run
-            prune(self.args.output_dir, limit)
-        distributed.barrier()
-
-
-class StopOnSignal:
-    """Turns SIGTERM/SIGUSR1 into "save a checkpoint at the next step boundary, then stop".
-
-    Install early; ``requested`` says whether a stop was asked for on any rank.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self):
-        self.received: int | None = None
-        for sig in self.SIGNALS:
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.received is None:
-            log.warning("received %s: will save a checkpoint at the end of this step and stop",
-                        signal.Signals(signum).name)
-        self.received = signum
-
-    def agreed(self) -> bool:
-        """Whether any rank got a signal (collective: call on every rank at the same point)."""
-        return distributed.any_rank(self.received is not None)
-
-
-def trainer_callback(stopper: StopOnSignal):
-    """A TrainerCallback that saves and stops when ``stopper`` has been signalled on any rank."""
-    from transformers import TrainerCallback
-
-    class SaveAndStop(TrainerCallback):
-        stopped = False
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if stopper.agreed():
-                control.should_save = True
-                control.should_training_stop = True
-                SaveAndStop.stopped = True
-            return control
-
-    return SaveAndStop()
-
-
-def keep_in_history(row: dict):
-    """A callback that puts the pre-training eval (``row``, filled in later) at the top of the log history,
-    so it is saved in every checkpoint and a resumed run can still report it."""
-    from transformers import TrainerCallback
-
-    class KeepEvalBefore(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            if row and state.global_step == 0 and row not in state.log_history:
-                state.log_history.insert(0, dict(row))
-
-    return KeepEvalBefore()
+    root = Path(output_dir)
+    staging = root / STAGING / f"checkpoint-{step}"
+    if distributed.is_main():
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    distributed.barrier()
+    yield staging
+    distributed.barrier()
+    if distributed.is_main():
+        publish(staging, root / f"checkpoint-{step}", step)
+        shutil.rmtree(root / STAGING, ignore_errors=True)
+        prune(root, keep)
+        log.info("saved checkpoint-%d", step)
+    distributed.barrier()

@@ -8,10 +8,7 @@ line per problem instead of a traceback.
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
-import functools
-import gc
 import importlib.util
 import os
 import sys
@@ -19,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from recipekit import config as configlib
-from recipekit import hf
+from recipekit import process
 from recipekit.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_USAGE, Preempted,
                               ReplicasDiverged, UsageError)
 from recipekit.schema import ModelOptions
@@ -61,14 +58,14 @@ def one_line(text: str) -> str:
 def run(main: Callable[[Any, bool], None], config_cls: type, description: str, recipe_file: str,
         argv: list[str] | None = None) -> None:
     """Parse argv into ``config_cls``, run ``main(cfg, check_only)``, exit with the contract's code."""
-    skip_garbage_collection_at_exit()
+    process.skip_garbage_collection_at_exit()
     default_config = Path(recipe_file).resolve().with_name("config.yaml")
     args = make_parser(description, default_config).parse_args(argv)
     try:
         cfg = configlib.load(config_cls, args.config, args.overrides)
         if isinstance(cfg, ModelOptions):
-            hf.leave_out_bitsandbytes(cfg)
-        hf.leave_out_deepspeed(cfg)
+            process.leave_out_bitsandbytes(cfg)
+        process.leave_out_deepspeed(cfg)
         if args.check:
             with stdout_to_stderr():
                 main(cfg, True)
@@ -87,18 +84,6 @@ def run(main: Callable[[Any, bool], None], config_cls: type, description: str, r
         sys.exit(EXIT_FAILED)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
-
-
-@functools.cache
-def skip_garbage_collection_at_exit() -> None:
-    """At exit, take every object out of the interpreter's last garbage collections (``gc.freeze``).
-
-    After importing trl the process holds about half a million objects, and walking them at shutdown
-    took 1.5 s of CPU per process, every rank of every run, with nothing left to free: outputs are
-    written and files closed by then, and the OS reclaims the memory. Registered before ``main``
-    runs, so it runs after the handlers of the libraries ``main`` imports (last in, first out).
-    """
-    atexit.register(gc.freeze)
 
 
 @contextlib.contextmanager

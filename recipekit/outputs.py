@@ -1,4 +1,5 @@
-"""What every run leaves behind besides the model: resolved config, metrics.json and loss.png."""
+"""What a run leaves in its output_dir: the final model (model/, merged/), metrics.json, the resolved
+config and loss.png, and the end every training recipe shares (``finish``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from recipekit import config as configlib
+from recipekit import distributed, loading
+from recipekit.schema import LoraOptions, ModelOptions
 
+FINAL_DIR = "model"
+MERGED_DIR = "merged"
 RESOLVED_CONFIG = "resolved_config.yaml"
 METRICS = "metrics.json"
 LOSS_PLOT = "loss.png"
@@ -72,3 +77,52 @@ def plot_loss(log_history: list[dict[str, Any]], output_dir: str | Path, title: 
     replace_atomically(path, fig.savefig)
     plt.close(fig)
     return path
+
+
+def run_facts(recipe: str, resumed_from: Path | None, device: Any) -> dict[str, Any]:
+    """The keys every recipe's metrics.json starts from: which recipe, the checkpoint it resumed, where it ran."""
+    return {"recipe": recipe, "resumed_from": str(resumed_from) if resumed_from else None,
+            "world_size": distributed.world_size(), "device": str(device)}
+
+
+def finish(cfg: Any, recipe: str, metrics: dict[str, Any], log_history: list[dict[str, Any]],
+           summary: Callable[[dict[str, Any], str], None], title: str | None = None) -> None:
+    """The end of every training recipe, on rank 0: metrics.json (with the log history), the resolved
+    config, the loss plot (titled ``recipe: model_name`` unless ``title`` says otherwise) and the summary."""
+    if not distributed.is_main():
+        return
+    metrics["log_history"] = log_history
+    write_metrics(metrics, cfg.output_dir)
+    save_resolved_config(cfg, cfg.output_dir, recipe)
+    plot_loss(log_history, cfg.output_dir, title or f"{recipe}: {cfg.model_name}")
+    summary(metrics, cfg.output_dir)
+
+
+def save_final(trainer, tokenizer, output_dir: str, base_path: str, opts: ModelOptions, lora: LoraOptions,
+               token: str | None, masked_lm: bool = False) -> dict[str, str]:
+    """Save the model (or adapter) + tokenizer to model/, and for adapters a merged copy to merged/."""
+    final = Path(output_dir) / FINAL_DIR
+    trainer.save_model(str(final))
+    saved = {"model": str(final)}
+    if distributed.is_main():
+        tokenizer.save_pretrained(final)
+        if lora.use_peft and lora.merge_adapter:
+            merged = merge_adapter(base_path, final, Path(output_dir) / MERGED_DIR, opts, token, masked_lm)
+            saved["merged"] = str(merged)
+    distributed.barrier()
+    return saved
+
+
+def merge_adapter(base_path: str, adapter_dir: Path, out: Path, opts: ModelOptions, token: str | None,
+                  masked_lm: bool = False) -> Path:
+    """Merge a LoRA adapter into a fresh full-precision copy of its base (also right for QLoRA)."""
+    import torch
+    import transformers
+    from peft import PeftModel
+
+    auto = transformers.AutoModelForMaskedLM if masked_lm else transformers.AutoModelForCausalLM
+    base = auto.from_pretrained(base_path, dtype=torch.float32, token=token, trust_remote_code=opts.trust_remote_code)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(out)
+    loading.load_tokenizer(str(adapter_dir), opts, token).save_pretrained(out)
+    return out

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from recipekit import data, distributed, evaluate, hf
+from recipekit import data, distributed, evaluate, lora
 from recipekit.config import option
 
 IGNORE_INDEX = -100  # label value the loss skips (prompt tokens, padding)
@@ -116,7 +116,7 @@ def hit_rate(model, tokenizer, rows, opts: SFTDataOptions, model_opts, dtype, ad
     """Answer hit rate on rank 0 (None elsewhere); ``adapter=False`` measures the base model."""
     if not rows or not distributed.is_main():
         return None
-    with hf.generation_view(model, model_opts, adapter):
+    with lora.generation_view(model, model_opts, adapter):
         rate, _ = evaluate.answer_hit_rate(model, tokenizer, rows, opts.dataset_text_field, opts.eval_answer_field,
                                            opts.eval_max_new_tokens, dtype=dtype)
     return rate

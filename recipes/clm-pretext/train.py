@@ -25,9 +25,11 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from recipekit import checkpoint, data, distributed, entry, evaluate, hf, models, outputs, replicas
+from recipekit import (checkpoint, data, distributed, entry, evaluate, hub, loading, lora, models, outputs, process,
+                       trainers)
 from recipekit.config import option
-from recipekit.errors import DataError, Preempted, UsageError
+from recipekit.errors import DataError, UsageError
+from recipekit.preemption import StopOnSignal
 from recipekit.schema import LoraOptions, ModelOptions, TrainingOptions
 
 log = logging.getLogger("recipes.clm_pretext")
@@ -73,17 +75,17 @@ class Blocks:
 
 def main(cfg: Config, check_only: bool) -> None:
     # Validate: config, data, tokenizer and model type are all checked before a model is loaded.
-    hf.setup_logging()
-    token = hf.hub_token(cfg)
+    process.setup_logging()
+    token = hub.token(cfg)
     train_rows, eval_rows = load_text(cfg, token)
-    hf.check_hub_reachable(cfg, token)
+    hub.check_reachable(cfg, token)
     model_path = models.resolve(cfg.model_name, weights=not check_only)
-    tokenizer = hf.load_tokenizer(model_path, cfg, token)
+    tokenizer = loading.load_tokenizer(model_path, cfg, token)
     check_model_fits(cfg, model_path, tokenizer, token)
     blocks = make_blocks(train_rows, eval_rows, tokenizer, cfg)
     if check_only:
         return
-    train(cfg, blocks, tokenizer, model_path, token)
+    train(cfg, blocks, tokenizer, model_path, token, StopOnSignal())
 
 
 def load_text(cfg: Config, token: str | None):
@@ -176,90 +178,57 @@ def make_blocks(train_rows, eval_rows, tokenizer, cfg: Config) -> Blocks:
     return blocks
 
 
-def train(cfg: Config, blocks: Blocks, tokenizer, model_path: str, token: str | None) -> dict:
+def train(cfg: Config, blocks: Blocks, tokenizer, model_path: str, token: str | None, stop: StopOnSignal) -> dict:
     """Build, measure, train, measure again and save; return the metrics."""
     # Build.
     import transformers
 
-    stopper = checkpoint.StopOnSignal()
     transformers.set_seed(cfg.seed)  # the adapter's initial weights
-    model = load_model(model_path, cfg, token)
+    model = loading.load_model(model_path, cfg, cfg, token, masked_lm=cfg.objective == "mlm")
     if cfg.use_peft:
         model = add_adapter(model, cfg)
         if distributed.is_main():
             model.print_trainable_parameters()
-    stop_callback, guard = checkpoint.trainer_callback(stopper), replicas.trainer_callback(cfg.replica_check_steps)
-    trainer = build_trainer(cfg, blocks, tokenizer, model, [stop_callback, guard, log_starting_perplexity()])
+    trainer = build_trainer(cfg, blocks, tokenizer, model, stop)
 
     # Measure the starting point, then train, resuming from the newest complete checkpoint.
-    resume_from = checkpoint.latest_complete(cfg.output_dir) if cfg.resume else None
-    metrics: dict = {"recipe": RECIPE, "objective": cfg.objective, "world_size": distributed.world_size(),
-                     "device": str(trainer.args.device), "resumed_from": str(resume_from) if resume_from else None,
-                     "block_size": cfg.block_size, **blocks.counts}
-    evaluate_first = resume_from is None and blocks.eval is not None
-    evaluate.evaluate_when_training_starts(trainer, evaluate_first)
-    distributed.barrier()
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    if stop_callback.stopped:
-        raise Preempted(f"checkpoint saved at step {trainer.state.global_step}")
+    resume_from = checkpoint.resume_point(cfg)
+    metrics = {**outputs.run_facts(RECIPE, resume_from, trainer.args.device), "objective": cfg.objective,
+               "block_size": cfg.block_size, **blocks.counts}
+    metrics.update(trainer.train_from(resume_from, evaluate_first=resume_from is None and blocks.eval is not None))
 
     # Evaluate and save.
-    history = trainer.state.log_history
-    metrics.update(train_loss=result.training_loss, global_step=trainer.state.global_step,
-                   train_runtime_s=evaluate.training_runtime(result.metrics, history, evaluate_first),
-                   replicas_checked_at_steps=guard.checked)
     if blocks.eval is not None:
         # On a resumed run the starting point comes back from the checkpoint's log history.
-        before = evaluate.starting_eval(history).get("eval_loss")
+        before = evaluate.starting_eval(trainer.state.log_history).get("eval_loss")
         after = trainer.evaluate()["eval_loss"]
         metrics.update(eval_loss_before=before, perplexity_before=None if before is None else perplexity(before),
                        eval_loss_after=after, perplexity_after=perplexity(after))
         if metrics["perplexity_before"]:
             metrics["perplexity_change"] = metrics["perplexity_after"] / metrics["perplexity_before"] - 1
-    # hf.merge_adapter rebuilds a causal LM; a masked-LM adapter is merged here instead.
-    lora = cfg if cfg.objective == "clm" else dataclasses.replace(cfg, merge_adapter=False)
-    metrics.update(hf.save_final(trainer, tokenizer, cfg.output_dir, model_path, cfg, lora, token))
-    if cfg.objective == "mlm" and cfg.use_peft and cfg.merge_adapter:
-        if distributed.is_main():
-            metrics["merged"] = str(merge_masked_lm(model_path, Path(metrics["model"]), cfg, token))
-        distributed.barrier()
-    if distributed.is_main():
-        metrics["log_history"] = trainer.state.log_history
-        outputs.write_metrics(metrics, cfg.output_dir)
-        outputs.save_resolved_config(cfg, cfg.output_dir, RECIPE)
-        outputs.plot_loss(trainer.state.log_history, cfg.output_dir, f"{RECIPE} ({cfg.objective}): {cfg.model_name}")
-        print_summary(metrics, cfg.output_dir)
-    if cfg.push_to_hub and distributed.is_main():
-        trainer.model.push_to_hub(cfg.hub_model_id, token=token)
-        tokenizer.push_to_hub(cfg.hub_model_id, token=token)
+    metrics.update(outputs.save_final(trainer, tokenizer, cfg.output_dir, model_path, cfg, cfg, token,
+                                      masked_lm=cfg.objective == "mlm"))
+    outputs.finish(cfg, RECIPE, metrics, trainer.state.log_history, print_summary,
+                   title=f"{RECIPE} ({cfg.objective}): {cfg.model_name}")
+    hub.push(cfg, trainer.model, tokenizer, token)
     return metrics
-
-
-def load_model(path: str, cfg: Config, token: str | None):
-    if cfg.objective == "clm":
-        return hf.load_causal_lm(path, cfg, cfg, token)
-    import torch
-    from transformers import AutoModelForMaskedLM
-
-    return AutoModelForMaskedLM.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, token=token,
-                                                attn_implementation=cfg.attn_implementation, dtype=torch.float32)
 
 
 def add_adapter(model, cfg: Config):
     from peft import get_peft_model
 
     if cfg.peft_top_layers is not None and cfg.peft_target_modules == "all-linear" \
-            and not hf.decoder_linear_names(model):
+            and not lora.decoder_linear_names(model):
         raise UsageError("peft_top_layers: this model has no '.layers.N.' blocks to pick the top layers from; "
                          "set peft_top_layers: null or list peft_target_modules")
     task_type = "CAUSAL_LM" if cfg.objective == "clm" else None  # peft has no masked-LM task type
-    return get_peft_model(model, hf.lora_config(cfg, model, task_type=task_type))
+    return get_peft_model(model, lora.lora_config(cfg, model, task_type=task_type))
 
 
-def build_trainer(cfg: Config, blocks: Blocks, tokenizer, model, callbacks: list):
+def build_trainer(cfg: Config, blocks: Blocks, tokenizer, model, stop: StopOnSignal):
     import transformers
 
-    class Trainer(checkpoint.AtomicCheckpointMixin, transformers.Trainer):
+    class Trainer(trainers.RecipeTrainerMixin, transformers.Trainer):
         eval_collator = None
 
         def get_eval_dataloader(self, eval_dataset=None):
@@ -273,7 +242,7 @@ def build_trainer(cfg: Config, blocks: Blocks, tokenizer, model, callbacks: list
             finally:
                 self.data_collator = train_collator
 
-    args = transformers.TrainingArguments(**hf.trainer_args(cfg), label_names=["labels"])
+    args = transformers.TrainingArguments(**trainers.arguments(cfg), label_names=["labels"])
     if cfg.objective == "mlm":
         masking = dict(tokenizer=tokenizer, mlm=True, mlm_probability=cfg.mlm_probability)
         collator = transformers.DataCollatorForLanguageModeling(**masking)
@@ -281,8 +250,8 @@ def build_trainer(cfg: Config, blocks: Blocks, tokenizer, model, callbacks: list
     else:
         collator, eval_collator = causal_collate, None
     trainer = Trainer(model=model, args=args, processing_class=tokenizer, data_collator=collator,
-                      train_dataset=blocks.train, eval_dataset=blocks.eval,
-                      optimizers=(hf.make_optimizer(model, cfg), None), callbacks=callbacks)
+                      train_dataset=blocks.train, eval_dataset=blocks.eval, options=cfg, stop=stop,
+                      callbacks=[log_starting_perplexity()])
     trainer.eval_collator = eval_collator
     return trainer
 
@@ -312,20 +281,6 @@ def perplexity(loss: float) -> float:
         return math.exp(loss)
     except OverflowError:
         return float("inf")
-
-
-def merge_masked_lm(base_path: str, adapter_dir: Path, cfg: Config, token: str | None) -> Path:
-    """Merge a masked-LM LoRA adapter into a fresh full-precision copy of its base, saved to merged/."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForMaskedLM
-
-    out = Path(cfg.output_dir) / hf.MERGED_DIR
-    base = AutoModelForMaskedLM.from_pretrained(base_path, dtype=torch.float32, token=token,
-                                                trust_remote_code=cfg.trust_remote_code)
-    PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().save_pretrained(out)
-    hf.load_tokenizer(str(adapter_dir), cfg, token).save_pretrained(out)
-    return out
 
 
 def print_summary(metrics: dict, output_dir: str) -> None:

@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from recipekit import checkpoint, data, distributed, entry, hf, models, outputs, replicas
+from recipekit import (checkpoint, cpu_speedups, data, distributed, entry, evaluate, hub, loading, lora, models,
+                       outputs, process, trainers)
 from recipekit.config import option
-from recipekit.errors import DataError, Preempted, UsageError
+from recipekit.errors import DataError, UsageError
+from recipekit.preemption import StopOnSignal
 from recipekit.schema import LoraOptions, ModelOptions, TrainingOptions
 
 log = logging.getLogger("recipes.dpo")
@@ -90,16 +92,16 @@ class Pairs:
 
 def main(cfg: Config, check_only: bool) -> None:
     # Validate: config, data and tokenizer are all checked before a model is loaded.
-    hf.setup_logging()
-    token = hf.hub_token(cfg)
+    process.setup_logging()
+    token = hub.token(cfg)
     pairs = load_pairs(cfg, token)
-    hf.check_hub_reachable(cfg, token)
+    hub.check_reachable(cfg, token)
     model_path = models.resolve(cfg.model_name, weights=not check_only)
-    tokenizer = hf.load_tokenizer(model_path, cfg, token)
+    tokenizer = loading.load_tokenizer(model_path, cfg, token)
     check_prompts_fit(pairs, tokenizer, cfg)
     if check_only:
         return
-    train(cfg, pairs, model_path, tokenizer, token)
+    train(cfg, pairs, model_path, tokenizer, token, StopOnSignal())
 
 
 def load_pairs(cfg: Config, token: str | None) -> Pairs:
@@ -173,127 +175,55 @@ def prompt_ids(prompt, tokenizer) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def train(cfg: Config, pairs: Pairs, model_path: str, tokenizer, token: str | None) -> dict:
+def train(cfg: Config, pairs: Pairs, model_path: str, tokenizer, token: str | None, stop: StopOnSignal) -> dict:
     # Build.
-    import torch
     from trl import DPOConfig, DPOTrainer
 
-    class Trainer(checkpoint.AtomicCheckpointMixin, DPOTrainer):
-        def create_optimizer(self, model=None):
-            # Built here rather than passed in: with LoRA the trainable parameters exist only once
-            # DPOTrainer has wrapped the model, and layer_lr_decay/lr_multipliers must see them.
-            if self.optimizer is None:
-                groups = hf.param_groups(self.model, cfg)
-                if groups is not None:
-                    self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
-            return super().create_optimizer(model)
+    class Trainer(trainers.RecipeTrainerMixin, DPOTrainer):
+        pass
 
-    stopper = checkpoint.StopOnSignal()
     before_row: dict = {}
-    guard = replicas.trainer_callback(cfg.replica_check_steps)
-    model = hf.load_causal_lm(model_path, cfg, cfg, token)
-    args = DPOConfig(**hf.trainer_args(cfg), beta=cfg.beta, loss_type=[cfg.loss_type], max_length=cfg.max_length,
+    model = loading.load_model(model_path, cfg, cfg, token)
+    args = DPOConfig(**trainers.arguments(cfg), beta=cfg.beta, loss_type=[cfg.loss_type], max_length=cfg.max_length,
                      precompute_ref_log_probs=cfg.precompute_ref_log_probs)
     # ref_model=None: with a peft_config the reference is this same model with its adapter disabled;
     # without one (full fine-tuning) TRL loads a second, frozen copy of the model as the reference,
     # unless precompute_ref_log_probs scores every pair with it once, before training.
     trainer = Trainer(
         model=model, ref_model=None, args=args, processing_class=tokenizer,
-        train_dataset=pairs.train, eval_dataset=pairs.eval,
-        peft_config=hf.lora_config(cfg, model) if cfg.use_peft else None,
-        callbacks=[checkpoint.trainer_callback(stopper), guard, checkpoint.keep_in_history(before_row)],
+        train_dataset=pairs.train, eval_dataset=pairs.eval, options=cfg, stop=stop,
+        peft_config=lora.lora_config(cfg, model) if cfg.use_peft else None,
+        callbacks=[evaluate.keep_in_history(before_row)],
     )
-    if trainer.args.device.type == "cpu":
-        for scorer in (trainer.model, trainer.ref_model):
-            if scorer is not None:
-                plain_lm_head(scorer.get_base_model() if cfg.use_peft and scorer is trainer.model else scorer)
+    cpu_speedups.use_plain_lm_head(trainer, peft=cfg.use_peft)
     if cfg.use_peft and distributed.is_main():
         trainer.model.print_trainable_parameters()
 
     # Measure the starting point, then train, resuming from the newest complete checkpoint.
-    resume_from = checkpoint.latest_complete(cfg.output_dir) if cfg.resume else None
-    metrics: dict = {"recipe": RECIPE, "resumed_from": str(resume_from) if resume_from else None,
-                     "world_size": distributed.world_size(), "device": str(trainer.args.device),
-                     "train_pairs": len(trainer.train_dataset),
-                     "eval_pairs": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0}
+    resume_from = checkpoint.resume_point(cfg)
+    metrics = {**outputs.run_facts(RECIPE, resume_from, trainer.args.device),
+               "train_pairs": len(trainer.train_dataset),
+               "eval_pairs": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0}
     if resume_from is None and pairs.eval is not None:
         before_row.update(step=0, **{f"eval_{k}": v for k, v in preference_eval(trainer, cfg.beta).items()})
         log.info("held-out preference accuracy before training: %.1f%%",
                  100 * before_row["eval_preference_accuracy"])
-    distributed.barrier()
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    if stopper.received is not None:
-        raise Preempted(f"checkpoint saved at step {trainer.state.global_step}")
+    metrics.update(trainer.train_from(resume_from, evaluate_first=False))
 
     # Evaluate and save.
-    step = trainer.state.global_step
-    metrics.update(train_loss=result.training_loss, global_step=step,
-                   train_runtime_s=result.metrics.get("train_runtime"), replicas_checked_at_steps=guard.checked)
     if pairs.eval is not None:
         # On a resumed run the starting point comes back from the checkpoint's log history.
         before = next((row for row in trainer.state.log_history
                        if row.get("step") == 0 and "eval_preference_accuracy" in row), {})
         after = preference_eval(trainer, cfg.beta)
-        trainer.state.log_history.append({"step": step, **{f"eval_{k}": v for k, v in after.items()}})
+        trainer.state.log_history.append({"step": metrics["global_step"], **{f"eval_{k}": v for k, v in after.items()}})
         for key, value in after.items():
             metrics[f"{key}_before"] = before.get(f"eval_{key}")
             metrics[f"{key}_after"] = value
-    metrics.update(hf.save_final(trainer, tokenizer, cfg.output_dir, model_path, cfg, cfg, token))
-    if distributed.is_main():
-        metrics["log_history"] = trainer.state.log_history
-        outputs.write_metrics(metrics, cfg.output_dir)
-        outputs.save_resolved_config(cfg, cfg.output_dir, RECIPE)
-        outputs.plot_loss(trainer.state.log_history, cfg.output_dir, f"{RECIPE}: {cfg.model_name}")
-        print_summary(metrics, cfg.output_dir)
-    if cfg.push_to_hub and distributed.is_main():
-        trainer.model.push_to_hub(cfg.hub_model_id, token=token)
-        tokenizer.push_to_hub(cfg.hub_model_id, token=token)
+    metrics.update(outputs.save_final(trainer, tokenizer, cfg.output_dir, model_path, cfg, cfg, token))
+    outputs.finish(cfg, RECIPE, metrics, trainer.state.log_history, print_summary)
+    hub.push(cfg, trainer.model, tokenizer, token)
     return metrics
-
-
-def plain_lm_head(model) -> None:
-    """On CPU, answer TRL's ``fused_lm_head=True`` calls from the model's own logits of the scored positions.
-
-    TRL's chunked LM-head kernel never materializes the (batch, length, vocab) logits, which matters for
-    memory on a GPU; its CPU fallback scores every position (prompt and padding too) and made a DPO step on
-    the tiny test model about 3.5x slower, on SmolLM2-135M about 10% slower. Here the model's forward computes
-    logits from the first completion token on only (``logits_to_keep``; softcapping and scaling stay the
-    model's own), and the per-token fields TRL reads are derived from them.
-    """
-    import functools
-
-    import torch
-    from trl.trainer.utils import FusedCausalLMOutput
-
-    trl_forward = model.forward  # TRL's patch; without fused_lm_head it is the model's own forward
-
-    @functools.wraps(trl_forward)
-    def forward(*args, fused_lm_head=False, labels=None, **kwargs):
-        if not fused_lm_head:
-            return trl_forward(*args, labels=labels, **kwargs)
-        kwargs.pop("num_items_in_batch", None)
-        targets = labels[:, 1:]
-        mask = targets != -100
-        first = int(mask.any(dim=0).int().argmax())  # the first position that any row scores
-        logits = trl_forward(*args, logits_to_keep=targets.size(1) + 1 - first, **kwargs).logits[:, :-1].float()
-        scored, keep = targets[:, first:], mask[:, first:]
-        log_softmax = torch.log_softmax(logits, dim=-1)
-        log_probs = log_softmax.gather(-1, scored.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        with torch.no_grad():
-            entropy = -(log_softmax.exp() * log_softmax).sum(dim=-1)
-            mean_logits = logits.mean(dim=-1)
-            is_top1 = logits.argmax(dim=-1) == scored
-
-        def full(x):  # back to one value per position, 0 where nothing is scored
-            x = x.masked_fill(~keep, 0)
-            return torch.cat([x.new_zeros(x.size(0), first), x], dim=1)
-
-        log_probs = full(log_probs)
-        return FusedCausalLMOutput(loss=-log_probs.sum() / mask.sum().clamp(min=1), log_probs=log_probs,
-                                   entropy=full(entropy), mean_logits=full(mean_logits), is_top1=full(is_top1),
-                                   label_mask=mask)
-
-    model.forward = forward
 
 
 def preference_eval(trainer, beta: float) -> dict[str, float]:

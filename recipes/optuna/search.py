@@ -24,7 +24,6 @@ import difflib
 import json
 import logging
 import os
-import signal
 import socket
 import time
 import typing
@@ -34,10 +33,11 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
-from recipekit import checkpoint, distributed, entry, hf, outputs, secrets, sft_data
+from recipekit import checkpoint, distributed, entry, hub, outputs, process, secrets, sft_data
 from recipekit import config as configlib
 from recipekit.config import option
 from recipekit.errors import Preempted, UsageError
+from recipekit.preemption import StopOnSignal
 
 sft = entry.import_recipe(Path(__file__).resolve().parent.parent / "sft" / "train.py")
 log = logging.getLogger("recipes.optuna")
@@ -238,12 +238,6 @@ def heartbeat_journal(backend, interval: int, grace: int | None, callback):
     return Journal(backend, interval, grace, callback)
 
 
-def signalled() -> bool:
-    """Whether SIGTERM/SIGUSR1 arrived: every sft.train installs a fresh StopOnSignal, so ask the current one."""
-    owner = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
-    return getattr(owner, "received", None) is not None
-
-
 def report_and_prune(trial, every: int):
     """Evaluate every `every` steps, report the eval loss to the trial and stop it if the pruner says so."""
     import optuna
@@ -294,7 +288,7 @@ def trial_output(cfg: Config, trial) -> tuple[Path, bool]:
     return out, True
 
 
-def make_objective(cfg: Config, space: dict, splits, token, worker: str, current: dict):
+def make_objective(cfg: Config, space: dict, splits, token, stop: StopOnSignal, worker: str, current: dict):
     import numpy as np
     import optuna
 
@@ -307,13 +301,13 @@ def make_objective(cfg: Config, space: dict, splits, token, worker: str, current
         trial.study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.tpe_n_startup_trials)
         params = {name: suggest(trial, name, spec) for name, spec in space.items()}
         trial.set_user_attr("worker", worker)
-        if signalled():
+        if stop.agreed():
             raise Preempted(f"stopped before trial {trial.number} started")
         out, resumed = trial_output(cfg, trial)
         run_cfg = sft_config({**base, **params, "output_dir": str(out), "eval_answer_field": None,
                               "merge_adapter": False, "push_to_hub": False, "resume": resumed})
         log.info("trial %d: %s", trial.number, json.dumps(params))
-        metrics = sft.train(run_cfg, quiet_splits, token, recipe="sft",
+        metrics = sft.train(run_cfg, quiet_splits, token, stop, recipe="sft",
                             callbacks=(report_and_prune(trial, cfg.eval_every_steps),))
         loss = metrics["eval_loss_after"]
         trial.report(loss, metrics["global_step"])
@@ -397,16 +391,16 @@ def plots(study, out: Path, completed: int) -> dict[str, str]:
 
 def main(cfg: Config, check_only: bool) -> None:
     # Validate: config (search space included), data and the storage reference, before any model loads.
-    hf.setup_logging()
+    process.setup_logging()
     if distributed.world_size() > 1:
         raise UsageError("the search is one process per worker: run it without --nproc/torchrun, and start "
                          "the command several times for several workers")
-    token = hf.hub_token(cfg)
+    token = hub.token(cfg)
     splits = sft_data.load(cfg, token)
     if splits.eval is None:
         raise UsageError("eval_split: the search minimizes the held-out eval loss; give an eval split "
                          "(eval_split or eval_dataset_name)")
-    hf.check_hub_reachable(cfg, token)
+    hub.check_reachable(cfg, token)
     space, _ = parse_space(cfg)
     if check_only:  # storage_secret is read where the job runs: its reference was checked with the config
         return
@@ -418,7 +412,7 @@ def main(cfg: Config, check_only: bool) -> None:
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     started = time.monotonic()
-    checkpoint.StopOnSignal()  # until the first trial installs its own
+    stop = StopOnSignal()  # every trial stops on it too
     storage = open_storage(cfg, url, shown)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_n_startup_trials,
                                           n_warmup_steps=cfg.pruner_n_warmup_steps)
@@ -452,10 +446,10 @@ def main(cfg: Config, check_only: bool) -> None:
 
     def after_trial(study, trial) -> None:
         mine.append(trial.number)
-        if signalled() or finished() >= cfg.n_trials:
+        if stop.agreed() or finished() >= cfg.n_trials:
             study.stop()
 
-    objective = make_objective(cfg, space, splits, token, worker, current)
+    objective = make_objective(cfg, space, splits, token, stop, worker, current)
     try:
         if started_with < cfg.n_trials:
             import torch
@@ -467,7 +461,7 @@ def main(cfg: Config, check_only: bool) -> None:
             storage.get_heartbeat_stale_trial_callback()(study, frozen(study, current["trial"]))
         raise
     m = write_outputs(study, cfg, shown, worker, mine, started_with, time.monotonic() - started)
-    if signalled():
+    if stop.agreed():
         raise Preempted(f"stopped after trial {mine[-1] if mine else '-'}")
     print(f"study {cfg.study_name}: trials {m['trial_states']}; best trial {m['best_trial']}: eval loss "
           f"{m['best_eval_loss']}; baseline trial {m['baseline_trial']}: eval loss {m['baseline_eval_loss']}")

@@ -18,7 +18,6 @@ import functools
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +27,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from recipekit import checkpoint, distributed, entry, hf, loop, models, outputs, replicas, sft_data
+from recipekit import (checkpoint, distributed, entry, hub, loading, loop, models, optim, outputs, process, replicas,
+                       sft_data)
 from recipekit.config import option
 from recipekit.errors import Preempted, UsageError
+from recipekit.preemption import StopOnSignal
 from recipekit.schema import ModelOptions, TrainingOptions
 from recipekit.sft_data import IGNORE_INDEX, SFTDataOptions
 
@@ -70,10 +71,10 @@ class Config(SFTDataOptions, TrainingOptions, ModelOptions):
 
 def main(cfg: Config, check_only: bool) -> None:
     # Validate: config, data and the pipeline's shape, before any model weights are loaded.
-    hf.setup_logging()
-    token = hf.hub_token(cfg)
+    process.setup_logging()
+    token = hub.token(cfg)
     splits = sft_data.load(cfg, token)
-    hf.check_hub_reachable(cfg, token)
+    hub.check_reachable(cfg, token)
     world = distributed.world_size()
     if cfg.schedule == "1f1b" and cfg.n_microbatches < world:
         raise UsageError(f"n_microbatches: the 1f1b schedule needs at least one microbatch per stage "
@@ -84,7 +85,7 @@ def main(cfg: Config, check_only: bool) -> None:
     num_layers = check_model_shape(cfg, model_path, token, world)
     if check_only:
         return
-    train(cfg, splits, model_path, token, num_layers)
+    train(cfg, splits, model_path, token, num_layers, StopOnSignal())
 
 
 def check_model_shape(cfg: Config, model_path: str, token: str | None, world: int) -> int:
@@ -185,36 +186,24 @@ def stream_indices(num_rows: int, seed: int, start: int, count: int) -> list[int
     return [orders[position // num_rows][position % num_rows] for position in range(start, start + count)]
 
 
-def make_optimizer(stage: Stage, cfg: Config) -> torch.optim.Optimizer:
-    groups = hf.param_groups(stage, cfg)  # layer-wise LR decay / multipliers, by the full model's names
-    if groups is None:
-        decay, plain = [], []
-        for name, param in stage.named_parameters():
-            no_decay = param.ndim < 2 or "norm" in name.lower() or name.endswith(".bias")
-            (plain if no_decay else decay).append(param)
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": plain, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate)
-
-
-def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | None, num_layers: int) -> None:
+def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | None, num_layers: int,
+          stop: StopOnSignal) -> None:
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
     # Build: process group, data, this rank's stage, its optimizer and the schedule.
-    stopper = checkpoint.StopOnSignal()
     device = distributed.init_group()  # one process: a group of one, so the very same code path runs
     rank, world = dist.get_rank(), dist.get_world_size()
     loop.seed_everything(cfg.seed)
-    tokenizer = hf.load_tokenizer(model_path, cfg, token)
+    tokenizer = loading.load_tokenizer(model_path, cfg, token)
     with distributed.main_first():
         train_rows = sft_data.tokenize(splits.train, tokenizer, cfg, splits.kind)
         eval_rows = sft_data.tokenize(splits.eval, tokenizer, cfg, splits.kind) if splits.eval is not None else None
     collate = functools.partial(sft_data.collate, pad_id=tokenizer.pad_token_id, length=cfg.seq_length)
 
-    lm = hf.load_causal_lm(model_path, cfg, cfg, token)
-    resume_from = checkpoint.latest_complete(cfg.output_dir) if cfg.resume else None
-    metrics: dict = {"recipe": RECIPE, "resumed_from": str(resume_from) if resume_from else None,
-                     "world_size": world, "device": str(device), "schedule": cfg.schedule,
-                     "n_microbatches": cfg.n_microbatches}
+    lm = loading.load_model(model_path, cfg, cfg, token)
+    resume_from = checkpoint.resume_point(cfg)
+    metrics = {**outputs.run_facts(RECIPE, resume_from, device), "schedule": cfg.schedule,
+               "n_microbatches": cfg.n_microbatches}
     if resume_from is None:  # rank 0 answers the held-out questions with the whole model (the others wait)
         metrics["hit_rate_before"] = hit_rate(lm, tokenizer, splits, cfg, device)
     distributed.barrier()
@@ -242,7 +231,7 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
     owned = [p for name, p in stage.named_parameters() if not (tied and not first and name == "lm_head.weight")]
     tied_weight = (stage.model.embed_tokens if first else stage.lm_head).weight if tied and (first or last) else None
     checked: list[int] = []
-    optimizer = make_optimizer(stage, cfg)
+    optimizer = optim.adamw(stage, cfg)  # layer-wise LR decay / multipliers, by the full model's names
     step_rows = cfg.batch_size * cfg.gradient_accumulation_steps
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(
         cfg.num_train_epochs * len(train_rows) / step_rows)
@@ -308,7 +297,7 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
                             "grad_norm": grad_norm, "learning_rate": lr})
             log.info("step %d/%d  loss %.4f  grad_norm %.3f  lr %.2e", step, total_steps, loss, grad_norm, lr)
         state["global_step"] = step
-        stopping = stopper.agreed()
+        stopping = stop.agreed()
         saving = stopping or step % cfg.save_steps == 0
         if tie_group is not None and (first or last) and replicas.due(step, cfg.replica_check_steps,
                                                                       saving or step == total_steps):
@@ -330,7 +319,7 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
     if after is not None:
         metrics["eval_loss_after"] = after
         history.append({"step": step, "eval_loss": after})
-    final = Path(cfg.output_dir) / hf.FINAL_DIR
+    final = Path(cfg.output_dir) / outputs.FINAL_DIR
     gathered = [None] * world if distributed.is_main() else None
     dist.gather_object({k: v.detach().cpu() for k, v in stage.state_dict().items()}, gathered, dst=0)
     if distributed.is_main():
@@ -344,16 +333,14 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
             raise RuntimeError(f"no stage holds {sorted(absent)[:3]}")
         full_model.save_pretrained(final)
         tokenizer.save_pretrained(final)
-        metrics["hit_rate_after"] = hit_rate(full_model, tokenizer, splits, cfg, device)
-        metrics.update(model=str(final), log_history=history)
-        outputs.write_metrics(metrics, cfg.output_dir)
-        outputs.save_resolved_config(cfg, cfg.output_dir, RECIPE)
-        outputs.plot_loss(history, cfg.output_dir, f"{RECIPE}: {cfg.model_name}, {world} stages")
-        sft_data.print_summary(metrics, cfg.output_dir)
+        metrics.update(hit_rate_after=hit_rate(full_model, tokenizer, splits, cfg, device), model=str(final))
+
+    def summary(written: dict, output_dir: str) -> None:
+        sft_data.print_summary(written, output_dir)
         print(f"first-step loss {first_logged}; {step} steps in {runtime:.0f} s on {world} stage(s)")
-        if cfg.push_to_hub:
-            full_model.push_to_hub(cfg.hub_model_id, token=token)
-            tokenizer.push_to_hub(cfg.hub_model_id, token=token)
+
+    outputs.finish(cfg, RECIPE, metrics, history, summary, title=f"{RECIPE}: {cfg.model_name}, {world} stages")
+    hub.push(cfg, full_model, tokenizer, token)
     distributed.barrier()
     distributed.shutdown()
 
@@ -362,7 +349,8 @@ def hit_rate(lm, tokenizer, splits: sft_data.SFTData, cfg: Config, device) -> fl
     """Held-out answer hit rate of the whole model, on rank 0 (None elsewhere); the model is left on the CPU."""
     if not splits.hit_rows or not distributed.is_main():
         return None
-    rate = sft_data.hit_rate(lm.to(device), tokenizer, splits.hit_rows, cfg, cfg, hf.train_dtype(cfg), adapter=False)
+    rate = sft_data.hit_rate(lm.to(device), tokenizer, splits.hit_rows, cfg, cfg, loading.train_dtype(cfg),
+                             adapter=False)
     lm.to("cpu").train()
     return rate
 
@@ -383,27 +371,13 @@ def clip_global_grad_norm(owned: list, params: list, max_norm: float, device) ->
 
 
 def save_checkpoint(cfg: Config, state: dict, stage, optimizer, scheduler, rank: int, counts: list[int]) -> None:
-    """Every rank writes its stage into the staging dir; rank 0 then publishes it (atomic, see recipekit.checkpoint)."""
-    step = state["global_step"]
-    root = Path(cfg.output_dir)
-    staged = root / checkpoint.STAGING / f"checkpoint-{step}"
-    if distributed.is_main():
-        shutil.rmtree(staged, ignore_errors=True)
-        staged.mkdir(parents=True)
-    distributed.barrier()
-    torch.save({"model": stage.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state()}, staged / f"stage-{rank}.pt")
-    if distributed.is_main():
-        meta = {**state, "layers_per_stage": counts, "world_size": len(counts)}
-        outputs.write_atomic(staged / "trainer_state.json", json.dumps(meta, indent=2) + "\n")
-    distributed.barrier()
-    if distributed.is_main():
-        checkpoint.publish(staged, root / f"checkpoint-{step}", step)
-        if not any(staged.parent.iterdir()):
-            staged.parent.rmdir()
-        checkpoint.prune(root, cfg.save_total_limit)
-        log.info("saved checkpoint-%d", step)
-    distributed.barrier()
+    """Every rank writes its stage; published once all have (atomic, see recipekit.checkpoint)."""
+    with checkpoint.staged(cfg.output_dir, state["global_step"], cfg.save_total_limit) as staged:
+        torch.save({"model": stage.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}, staged / f"stage-{rank}.pt")
+        if distributed.is_main():
+            meta = {**state, "layers_per_stage": counts, "world_size": len(counts)}
+            outputs.write_atomic(staged / "trainer_state.json", json.dumps(meta, indent=2) + "\n")
 
 
 def load_checkpoint(path: Path, stage, optimizer, scheduler, rank: int, counts: list[int]) -> dict:

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recipekit import checkpoint, distributed, entry, hf, loop, models, outputs, sft_data
+from recipekit import checkpoint, distributed, entry, hub, loading, loop, models, optim, outputs, process, sft_data
 from recipekit.config import option
 from recipekit.errors import DataError, Preempted
+from recipekit.preemption import StopOnSignal
 from recipekit.schema import ModelOptions, TrainingOptions
 from recipekit.sft_data import IGNORE_INDEX, SFTDataOptions
 
@@ -54,14 +55,14 @@ class Config(SFTDataOptions, TrainingOptions, ModelOptions):
 
 def main(cfg: Config, check_only: bool) -> None:
     # Validate: config and data are checked before any model is loaded.
-    hf.setup_logging()
-    token = hf.hub_token(cfg)
+    process.setup_logging()
+    token = hub.token(cfg)
     splits = sft_data.load(cfg, token)
-    hf.check_hub_reachable(cfg, token)
+    hub.check_reachable(cfg, token)
     if check_only:
         return
     try:
-        train(cfg, splits, token)
+        train(cfg, splits, token, StopOnSignal())
     finally:
         distributed.shutdown()
 
@@ -156,20 +157,6 @@ def shard(model, cfg: Config, device):
     return model
 
 
-def make_optimizer(model, cfg: Config):
-    """AdamW; weight decay skips norms and biases; layer_lr_decay / lr_multipliers as in every recipe."""
-    import torch
-
-    groups = hf.param_groups(model, cfg)
-    if groups is None:
-        decay, no_decay = [], []
-        for name, param in model.named_parameters():
-            plain = param.ndim < 2 or "norm" in name.lower() or name.endswith(".bias")
-            (no_decay if plain else decay).append(param)
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate)
-
-
 def summed_loss(model, batch):
     """Sum of next-token cross-entropies over the labelled tokens (fp32 log-softmax)."""
     import torch.nn.functional as F
@@ -224,26 +211,13 @@ def save_checkpoint(model, optimizer, scheduler, state: dict, cfg: Config) -> No
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    step, root = state["step"], Path(cfg.output_dir)
-    staged = root / checkpoint.STAGING / f"checkpoint-{step}"
-    if distributed.is_main():
-        shutil.rmtree(staged, ignore_errors=True)
-        staged.mkdir(parents=True)
-    distributed.barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(staged))
-    torch.save(rng_state(), staged / f"rng-rank{distributed.rank()}.pt")
-    if distributed.is_main():
-        torch.save(scheduler.state_dict(), staged / "scheduler.pt")
-        outputs.write_atomic(staged / "trainer_state.json", json.dumps(state, indent=1) + "\n")
-    distributed.barrier()
-    if distributed.is_main():
-        checkpoint.publish(staged, root / f"checkpoint-{step}", step)
-        if not any(staged.parent.iterdir()):
-            staged.parent.rmdir()
-        checkpoint.prune(root, cfg.save_total_limit)
-        log.info("saved checkpoint-%d", step)
-    distributed.barrier()
+    with checkpoint.staged(cfg.output_dir, state["step"], cfg.save_total_limit) as staged:
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(staged))
+        torch.save(rng_state(), staged / f"rng-rank{distributed.rank()}.pt")
+        if distributed.is_main():
+            torch.save(scheduler.state_dict(), staged / "scheduler.pt")
+            outputs.write_atomic(staged / "trainer_state.json", json.dumps(state, indent=1) + "\n")
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, cfg: Config) -> dict:
@@ -277,11 +251,11 @@ def export(model, tokenizer, model_path: str, cfg: Config, token: str | None, de
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    final, exported = Path(cfg.output_dir) / hf.FINAL_DIR, None
+    final, exported = Path(cfg.output_dir) / outputs.FINAL_DIR, None
     if distributed.is_main():
-        exported = hf.load_causal_lm(model_path, cfg, cfg, token)
+        exported = loading.load_model(model_path, cfg, cfg, token)
         exported.load_state_dict(full)
-        staged = Path(cfg.output_dir) / checkpoint.STAGING / hf.FINAL_DIR
+        staged = Path(cfg.output_dir) / checkpoint.STAGING / outputs.FINAL_DIR
         shutil.rmtree(staged, ignore_errors=True)
         exported.save_pretrained(staged)
         tokenizer.save_pretrained(staged)
@@ -296,15 +270,14 @@ def export(model, tokenizer, model_path: str, cfg: Config, token: str | None, de
 
 # --- training -------------------------------------------------------------------------------------------------
 
-def train(cfg: Config, splits: sft_data.SFTData, token: str | None) -> dict:
+def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOnSignal) -> dict:
     import torch
 
     # Build: process group (a 1-rank group without torchrun), tokens, model, shards, optimizer, schedule.
     device = distributed.init_group()
-    stopper = checkpoint.StopOnSignal()
     loop.seed_everything(cfg.seed)
     ws, model_path = distributed.world_size(), models.resolve(cfg.model_name)
-    tokenizer = hf.load_tokenizer(model_path, cfg, token)
+    tokenizer = loading.load_tokenizer(model_path, cfg, token)
     with distributed.main_first():  # rank 0 tokenizes (and fills the datasets cache) first
         train_items, eval_items = [to_items(sft_data.tokenize(split, tokenizer, cfg, splits.kind), cfg)
                                    if split is not None else [] for split in (splits.train, splits.eval)]
@@ -312,15 +285,15 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None) -> dict:
         raise DataError(f"dataset_text_field: no tokens in column {cfg.dataset_text_field!r} of {cfg.dataset_name!r}")
     pad_id = tokenizer.pad_token_id
 
-    model = hf.load_causal_lm(model_path, cfg, cfg, token).to(device)
-    resume_from = checkpoint.latest_complete(cfg.output_dir) if cfg.resume else None
+    model = loading.load_model(model_path, cfg, cfg, token).to(device)
+    resume_from = checkpoint.resume_point(cfg)
     state: dict[str, Any] = {"step": 0, "epoch": 0, "position": 0, "world_size": ws, "log_history": []}
     if resume_from is None:  # on the unsharded model: generation runs on rank 0 alone
         state["hit_rate_before"] = sft_data.hit_rate(model, tokenizer, splits.hit_rows, cfg, cfg,
-                                                     hf.train_dtype(cfg), adapter=False)
+                                                     loading.train_dtype(cfg), adapter=False)
         distributed.barrier()
     model = shard(model, cfg, device)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = optim.adamw(model, cfg)
     per_epoch = steps_per_epoch(len(train_items), cfg)
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * per_epoch)
     scheduler = loop.scheduler(cfg.lr_scheduler_type, optimizer, math.ceil(cfg.warmup_ratio * total), total)
@@ -378,7 +351,7 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None) -> dict:
             if step % cfg.save_steps == 0 or step == total:
                 save_checkpoint(model, optimizer, scheduler, state, cfg)
                 saved_at = step
-            if stopper.agreed():
+            if stop.agreed():
                 if saved_at != step:
                     save_checkpoint(model, optimizer, scheduler, state, cfg)
                 raise Preempted(f"checkpoint saved at step {step}")
@@ -388,8 +361,7 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None) -> dict:
 
     # Evaluate and save.
     metrics: dict[str, Any] = {
-        "recipe": RECIPE, "resumed_from": str(resume_from) if resume_from else None, "world_size": ws,
-        "device": str(device), "global_step": state["step"], "steps_per_epoch": per_epoch,
+        **outputs.run_facts(RECIPE, resume_from, device), "global_step": state["step"], "steps_per_epoch": per_epoch,
         "train_runtime_s": round(runtime, 1), "train_loss": sum(run_losses) / len(run_losses) if run_losses else None,
         "eval_loss_before": state.get("eval_loss_before"), "hit_rate_before": state.get("hit_rate_before")}
     if eval_items:
@@ -399,15 +371,9 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None) -> dict:
     metrics["model"] = str(final)
     if distributed.is_main():
         metrics["hit_rate_after"] = sft_data.hit_rate(exported, tokenizer, splits.hit_rows, cfg, cfg,
-                                                      hf.train_dtype(cfg), adapter=True)
-        metrics["log_history"] = state["log_history"]
-        outputs.write_metrics(metrics, cfg.output_dir)
-        outputs.save_resolved_config(cfg, cfg.output_dir, RECIPE)
-        outputs.plot_loss(state["log_history"], cfg.output_dir, f"{RECIPE}: {cfg.model_name}")
-        sft_data.print_summary(metrics, cfg.output_dir)
-        if cfg.push_to_hub:
-            exported.push_to_hub(cfg.hub_model_id, token=token)
-            tokenizer.push_to_hub(cfg.hub_model_id, token=token)
+                                                      loading.train_dtype(cfg), adapter=True)
+    outputs.finish(cfg, RECIPE, metrics, state["log_history"], sft_data.print_summary)
+    hub.push(cfg, exported, tokenizer, token)
     distributed.barrier()
     return metrics
 

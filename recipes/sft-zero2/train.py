@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from recipekit import deepspeed_ops, distributed, entry, hf, outputs, sft_data
+from recipekit import deepspeed_ops, distributed, entry, hub, outputs, process, sft_data
 from recipekit.config import option
 from recipekit.errors import UsageError
+from recipekit.preemption import StopOnSignal
 
 sft = entry.import_recipe(Path(__file__).resolve().parent.parent / "sft" / "train.py")
 ZERO_CONFIG = Path(__file__).resolve().with_name("zero2.json")
@@ -74,10 +75,10 @@ def deepspeed_config(cfg: Config) -> dict:
 
 def main(cfg: Config, check_only: bool) -> None:
     # Validate: config, data and the DeepSpeed file, before any model is loaded.
-    hf.setup_logging()
-    token = hf.hub_token(cfg)
+    process.setup_logging()
+    token = hub.token(cfg)
     splits = sft_data.load(cfg, token)
-    hf.check_hub_reachable(cfg, token)
+    hub.check_reachable(cfg, token)
     ds = deepspeed_config(cfg)
     if check_only:
         return
@@ -92,7 +93,7 @@ def main(cfg: Config, check_only: bool) -> None:
     deepspeed_ops.prepare(ds)
     if distributed.is_main():
         outputs.write_atomic(Path(cfg.output_dir) / "deepspeed_config.json", json.dumps(ds, indent=2) + "\n")
-    sft.train(cfg, splits, token, recipe="sft-zero2", deepspeed=ds)
+    sft.train(cfg, splits, token, StopOnSignal(), recipe="sft-zero2", deepspeed=ds)
 
 
 if __name__ == "__main__":

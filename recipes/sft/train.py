@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from recipekit import (checkpoint, distributed, entry, evaluate, frozen_prefix, hf, models, outputs, replicas,
-                       sft_data)
-from recipekit.errors import Preempted
+from recipekit import (checkpoint, cpu_speedups, distributed, entry, evaluate, hub, loading, lora, models, outputs,
+                       process, sft_data, trainers)
+from recipekit.preemption import StopOnSignal
 from recipekit.schema import LoraOptions, ModelOptions, TrainingOptions
 from recipekit.sft_data import SFTDataOptions
 
@@ -34,83 +34,62 @@ class Config(SFTDataOptions, TrainingOptions, LoraOptions, ModelOptions):
 
 def main(cfg: Config, check_only: bool) -> None:
     # Validate: everything about the input is checked before a model is loaded.
-    hf.setup_logging()
-    token = hf.hub_token(cfg)
+    process.setup_logging()
+    token = hub.token(cfg)
     splits = sft_data.load(cfg, token)
-    hf.check_hub_reachable(cfg, token)
+    hub.check_reachable(cfg, token)
     if check_only:
         return
-    train(cfg, splits, token)
+    train(cfg, splits, token, StopOnSignal())
 
 
-def train(cfg: Config, splits: sft_data.SFTData, token: str | None, *, recipe: str = "sft",
+def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOnSignal, *, recipe: str = "sft",
           deepspeed: dict | None = None, callbacks: tuple = ()) -> dict:
     """Build, train, evaluate and save; return the metrics. Reused by sft-zero2 and optuna."""
     # Build.
     from trl import SFTConfig, SFTTrainer
 
-    class Trainer(checkpoint.AtomicCheckpointMixin, hf.PlainLossOnCPUMixin, SFTTrainer):
+    class Trainer(trainers.RecipeTrainerMixin, cpu_speedups.PlainLossOnCPUMixin, SFTTrainer):
         pass
 
-    stopper = checkpoint.StopOnSignal()
-    guard = replicas.trainer_callback(cfg.replica_check_steps)
     model_path = models.resolve(cfg.model_name)
     if cfg.attn_implementation == "sdpa":
-        hf.use_document_attention()  # packed rows: attend per document, not through a block mask (CPU)
-    tokenizer = hf.load_tokenizer(model_path, cfg, token)
-    model = hf.load_causal_lm(model_path, cfg, cfg, token)
-    # Evaluation scores reply positions only, never full logits: 4x batches (hotel eval, 2 CPU cores: 8 s, not 9.5).
-    args = SFTConfig(**hf.trainer_args(cfg, eval_batch_scale=4), max_length=cfg.seq_length, packing=cfg.packing,
+        cpu_speedups.use_document_attention()  # packed rows: attend per document, not through a block mask (CPU)
+    tokenizer = loading.load_tokenizer(model_path, cfg, token)
+    model = loading.load_model(model_path, cfg, cfg, token)
+    # Evaluation scores reply positions only, never full logits, so it takes 4x batches.
+    args = SFTConfig(**trainers.arguments(cfg, eval_batch_scale=4), max_length=cfg.seq_length, packing=cfg.packing,
                      dataset_text_field="text", deepspeed=deepspeed)
     trainer = Trainer(
-        model=model, args=args, processing_class=tokenizer,
+        model=model, args=args, processing_class=tokenizer, options=cfg, stop=stop, callbacks=callbacks,
         train_dataset=sft_data.to_trl_format(splits.train, cfg, splits.kind),
         eval_dataset=sft_data.to_trl_format(splits.eval, cfg, splits.kind),
-        peft_config=hf.lora_config(cfg, model) if cfg.use_peft else None,
-        optimizers=(hf.make_optimizer(model, cfg), None),
-        callbacks=[checkpoint.trainer_callback(stopper), guard, *callbacks],
+        peft_config=lora.lora_config(cfg, model) if cfg.use_peft else None,
     )
     if cfg.use_peft and distributed.is_main():
         trainer.model.print_trainable_parameters()
-    if trainer.args.device.type == "cpu" and deepspeed is None:
-        frozen_prefix.reuse_frozen_prefix(trainer.model)  # the layers below the adapters: once per document
+    if deepspeed is None and cpu_speedups.enabled("frozen_prefix", trainer.args.device):
+        cpu_speedups.reuse_frozen_prefix(trainer.model)  # the layers below the adapters: once per document
 
     # Train, resuming from the newest complete checkpoint.
-    resume_from = checkpoint.latest_complete(cfg.output_dir) if cfg.resume else None
-    metrics: dict = {"recipe": recipe, "resumed_from": str(resume_from) if resume_from else None,
-                     "world_size": distributed.world_size(), "device": str(trainer.args.device)}
-    evaluate_first = resume_from is None and splits.eval is not None
-    evaluate.evaluate_when_training_starts(trainer, evaluate_first)
+    resume_from = checkpoint.resume_point(cfg)
+    metrics = outputs.run_facts(recipe, resume_from, trainer.args.device)
     if resume_from is None:
         metrics["hit_rate_before"] = sft_data.hit_rate(trainer.model, tokenizer, splits.hit_rows, cfg, cfg,
-                                                       hf.train_dtype(cfg), adapter=False)
+                                                       loading.train_dtype(cfg), adapter=False)
         if metrics["hit_rate_before"] is not None:
             log.info("held-out answer hit rate before training: %.1f%%", 100 * metrics["hit_rate_before"])
-    distributed.barrier()
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    if stopper.received is not None:
-        raise Preempted(f"checkpoint saved at step {trainer.state.global_step}")
+    metrics.update(trainer.train_from(resume_from, evaluate_first=resume_from is None and splits.eval is not None))
 
     # Evaluate and save.
-    history = trainer.state.log_history
-    metrics.update(train_loss=result.training_loss, global_step=trainer.state.global_step,
-                   train_runtime_s=evaluate.training_runtime(result.metrics, history, evaluate_first),
-                   replicas_checked_at_steps=guard.checked)
     if splits.eval is not None:
-        metrics["eval_loss_before"] = evaluate.starting_eval(history).get("eval_loss")
+        metrics["eval_loss_before"] = evaluate.starting_eval(trainer.state.log_history).get("eval_loss")
         metrics["eval_loss_after"] = trainer.evaluate()["eval_loss"]
     metrics["hit_rate_after"] = sft_data.hit_rate(trainer.model, tokenizer, splits.hit_rows, cfg, cfg,
-                                                  hf.train_dtype(cfg), adapter=True)
-    metrics.update(hf.save_final(trainer, tokenizer, cfg.output_dir, model_path, cfg, cfg, token))
-    if distributed.is_main():
-        metrics["log_history"] = trainer.state.log_history
-        outputs.write_metrics(metrics, cfg.output_dir)
-        outputs.save_resolved_config(cfg, cfg.output_dir, recipe)
-        outputs.plot_loss(trainer.state.log_history, cfg.output_dir, f"{recipe}: {cfg.model_name}")
-        sft_data.print_summary(metrics, cfg.output_dir)
-    if cfg.push_to_hub and distributed.is_main():
-        trainer.model.push_to_hub(cfg.hub_model_id, token=token)
-        tokenizer.push_to_hub(cfg.hub_model_id, token=token)
+                                                  loading.train_dtype(cfg), adapter=True)
+    metrics.update(outputs.save_final(trainer, tokenizer, cfg.output_dir, model_path, cfg, cfg, token))
+    outputs.finish(cfg, recipe, metrics, trainer.state.log_history, sft_data.print_summary)
+    hub.push(cfg, trainer.model, tokenizer, token)
     return metrics
 
 

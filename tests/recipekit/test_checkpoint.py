@@ -47,3 +47,36 @@ def test_publish_replaces_a_stale_copy(tmp_path):
     checkpoint.publish(staged, stale, 7)
     assert (stale / "new").exists() and not (stale / "weights.bin").exists()
     assert checkpoint.latest_complete(tmp_path) == stale
+
+
+def test_staged_publishes_a_complete_checkpoint_and_keeps_the_newest(tmp_path):
+    make(tmp_path, 1, True)
+    leftover = tmp_path / ".staging" / "checkpoint-9"  # half written by a killed run
+    leftover.mkdir(parents=True)
+    for step in (2, 3):
+        with checkpoint.staged(tmp_path, step, keep=2) as staging:
+            assert staging == tmp_path / ".staging" / f"checkpoint-{step}" and staging.is_dir()
+            assert not (tmp_path / f"checkpoint-{step}").exists()
+            (staging / "weights.bin").write_text(str(step))
+    assert [(s, p.name, done) for s, p, done in checkpoint.checkpoints(tmp_path)] == [
+        (2, "checkpoint-2", True), (3, "checkpoint-3", True)]
+    assert (tmp_path / "checkpoint-3" / "weights.bin").read_text() == "3"
+    assert not (tmp_path / ".staging").exists()
+
+
+def test_staged_publishes_nothing_when_writing_fails(tmp_path):
+    import pytest
+
+    with pytest.raises(OSError):
+        with checkpoint.staged(tmp_path, 4, keep=None) as staging:
+            (staging / "part").write_text("x")
+            raise OSError("disk full")
+    assert checkpoint.latest_complete(tmp_path) is None and not (tmp_path / "checkpoint-4").exists()
+
+
+def test_resume_point_follows_the_resume_key(tmp_path):
+    from recipekit.schema import TrainingOptions
+
+    make(tmp_path, 5, True)
+    assert checkpoint.resume_point(TrainingOptions(output_dir=str(tmp_path))) == tmp_path / "checkpoint-5"
+    assert checkpoint.resume_point(TrainingOptions(output_dir=str(tmp_path), resume=False)) is None

@@ -47,9 +47,9 @@ def test_replies_come_back_in_the_order_asked(tiny_chat):
 
 
 def test_cached_weight_casts_leave_the_replies_and_the_frozen_flags_as_they_were(tiny_chat, monkeypatch):
-    import contextlib
-
     import torch
+
+    from recipekit import cpu_speedups
 
     model, tokenizer = tiny_chat
     conversations = [[{"role": "user", "content": "Is breakfast included?"}]]
@@ -57,11 +57,11 @@ def test_cached_weight_casts_leave_the_replies_and_the_frozen_flags_as_they_were
     model.requires_grad_(False)
     head.requires_grad_(True)  # a trained weight among frozen ones, as with a LoRA base
     try:
-        with evaluate.cached_weight_casts(model):
+        with cpu_speedups.cached_weight_casts(model, low_precision=True):
             assert all(p.requires_grad for p in model.parameters())
         assert [p.requires_grad for p in model.parameters()].count(True) == 1 and head.requires_grad
         replies = evaluate.generate_replies(model, tokenizer, conversations, max_new_tokens=6, dtype=torch.bfloat16)
-        monkeypatch.setattr(evaluate, "cached_weight_casts", lambda *args: contextlib.nullcontext())
+        monkeypatch.setattr(cpu_speedups, "switched_off", {"cached_weight_casts"})
         uncached = evaluate.generate_replies(model, tokenizer, conversations, max_new_tokens=6, dtype=torch.bfloat16)
     finally:
         model.requires_grad_(True)

@@ -1,4 +1,4 @@
-"""recipekit.hf: which processes import bitsandbytes and DeepSpeed (recipe runs on the tiny model go without them)."""
+"""recipekit.process: which processes import bitsandbytes and DeepSpeed (recipe runs on the tiny model go without them)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from recipekit import hf, models
+from recipekit import models, process
 from recipekit.schema import ModelOptions
 
 
@@ -29,7 +29,7 @@ def is_left_out(package: str) -> bool:
 
 def left_out(**options) -> bool:
     sys.modules.pop("bitsandbytes", None)
-    hf.leave_out_bitsandbytes(ModelOptions(**options))
+    process.leave_out_bitsandbytes(ModelOptions(**options))
     return is_left_out("bitsandbytes")
 
 
@@ -60,9 +60,9 @@ def test_a_search_that_may_sample_quantization_or_another_model_keeps_it(library
     search = import_recipe(REPO / "recipes" / "optuna" / "search.py")
     for key, spec in (("load_in_4bit", {"choices": [False, True]}), ("model_name", {"choices": ["a", "b"]})):
         sys.modules.pop("bitsandbytes", None)
-        hf.leave_out_bitsandbytes(search.Config(model_name=models.TINY_MODEL, search_space={key: spec}))
+        process.leave_out_bitsandbytes(search.Config(model_name=models.TINY_MODEL, search_space={key: spec}))
         assert "bitsandbytes" not in sys.modules
-    hf.leave_out_bitsandbytes(search.Config(model_name=models.TINY_MODEL))  # the default space: neither
+    process.leave_out_bitsandbytes(search.Config(model_name=models.TINY_MODEL))  # the default space: neither
     assert sys.modules["bitsandbytes"] is None
 
 
@@ -72,6 +72,6 @@ def test_deepspeed_is_left_out_unless_the_recipe_runs_it(library_entries):
 
     for recipe, runs_deepspeed in (("sft", False), ("dpo", False), ("sft-zero2", True)):
         sys.modules.pop("deepspeed", None)
-        hf.leave_out_deepspeed(import_recipe(REPO / "recipes" / recipe / "train.py").Config())
+        process.leave_out_deepspeed(import_recipe(REPO / "recipes" / recipe / "train.py").Config())
         assert is_left_out("deepspeed") is not runs_deepspeed, recipe
     assert importlib.util.find_spec("deepspeed") is not None  # sft-zero2's process still finds it

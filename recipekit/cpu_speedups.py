@@ -1,0 +1,395 @@
+"""The CPU-only speed paths, each behind one switch (``enabled``), each giving the numbers of the stock
+code it replaces, and each pinned by tests/recipekit/test_cpu_speedups.py to the private API of
+transformers, TRL or torch it leans on, so an upgrade that moves that API fails a test, not a run.
+
+- ``plain_loss`` (``PlainLossOnCPUMixin``): the SFT loss from the model's own forward instead of
+  TRL's chunked log-prob kernel, whose backward is slow on CPU (on GPU the kernel saves memory).
+  Leans on ``Trainer.compute_loss``'s signature and attributes and TRL's ``completion_mask``.
+- ``trained_positions``: within it, the LM head only at positions whose next token is trained on
+  (``fixed_cross_entropy``, ``logits_to_keep`` given as indices).
+- ``document_attention`` (``DocumentAttention``): causal SDPA per packed document instead of one
+  row-long SDPA under a block-diagonal mask (``AttentionInterface``, ``sdpa_attention_forward``,
+  ``repeat_kv``, the attention kwargs carrying ``position_ids``).
+- ``frozen_prefix`` (``FrozenPrefixCache``): the frozen layers below the adapters computed once per
+  document (``Tensor._version``, the decoder's forward kwargs, decoder layers returning a tensor).
+- ``plain_lm_head``: dpo's ``fused_lm_head=True`` calls answered from the model's own logits of the
+  scored positions (TRL's ``add_fused_lm_head`` calling convention and ``FusedCausalLMOutput``).
+- ``cached_weight_casts``: frozen float32 weights cast once per autocast region in generation.
+
+docs/benchmarks.md has what each path measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import types
+from typing import Any
+
+log = logging.getLogger(__name__)
+IGNORE_INDEX = -100  # label value the loss skips
+PATHS = ("plain_loss", "trained_positions", "document_attention", "frozen_prefix", "plain_lm_head",
+         "cached_weight_casts")
+switched_off: set[str] = set()  # the benchmark's ablation rows switch single paths off (bench/ours.py)
+
+
+def enabled(path: str, device) -> bool:
+    """The one switch: ``path`` runs on a CPU device, unless switched off."""
+    if path not in PATHS:
+        raise ValueError(f"unknown CPU speed path {path!r}; one of {', '.join(PATHS)}")
+    return getattr(device, "type", device) == "cpu" and path not in switched_off
+
+
+# --- plain_loss, trained_positions ---------------------------------------------------------------------------
+
+class PlainLossOnCPUMixin:
+    """Mix into a TRL trainer: on CPU, compute the loss with the model's own forward, and the LM head
+    only at positions whose next token is trained on (the replies, not the prompts): the same loss,
+    with the vocabulary-sized matmul shrunk to those rows."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        from transformers import Trainer
+
+        if not enabled("plain_loss", self.args.device):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        # use_cache=False as TRL sets it: with a cache, transformers skips the packed-documents mask and
+        # every token of a packed row would attend to the documents before it.
+        inputs = {**{k: v for k, v in inputs.items() if k != "completion_mask"}, "use_cache": False}
+        if return_outputs or inputs.get("labels") is None or self.label_smoother is not None \
+                or self.compute_loss_func is not None or not enabled("trained_positions", self.args.device):
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+        return self._loss_on_trained_positions(model, inputs, num_items_in_batch)
+
+    def _loss_on_trained_positions(self, model, inputs, num_items_in_batch):
+        """Trainer.compute_loss's causal-LM loss, computing logits only where a label follows."""
+        import torch
+        from transformers.loss.loss_utils import fixed_cross_entropy
+
+        labels = inputs.pop("labels")
+        targets = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]  # as ForCausalLMLoss shifts
+        keep = torch.nonzero((targets != IGNORE_INDEX).any(dim=0)).flatten()
+        outputs = model(**inputs, logits_to_keep=keep)
+        logits = outputs.logits.float()
+        per_item = num_items_in_batch if self.model_accepts_loss_kwargs else None
+        loss = fixed_cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[:, keep].reshape(-1), per_item)
+        if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and per_item is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        return loss
+
+
+# --- document_attention ------------------------------------------------------------------------------------------
+
+def document_bounds(positions) -> list[int]:
+    """Start offsets of the packed documents in one row of position ids, plus the row length. A
+    document starts where the positions stop counting up by one: the rule transformers' packed-sequence
+    mask follows."""
+    import torch
+
+    restarts = torch.nonzero(positions[1:] != positions[:-1] + 1).flatten() + 1
+    return [0, *restarts.tolist(), positions.numel()]
+
+
+class DocumentAttention:
+    """SDPA that attends within each packed document instead of masking one long row.
+
+    A padding-free batch is one row of several documents whose position_ids restart at 0; plain
+    SDPA then runs over the whole row with a block-diagonal mask, so its cost grows with the
+    square of the row length. This runs causal SDPA once per document instead: the same result
+    (the mask allows exactly these blocks), at the cost of the documents' squared lengths. Anything
+    else (GPU, generation with a cache, padded batches, tracing) goes to the stock SDPA function.
+    """
+
+    def __init__(self, fallback):
+        self.fallback = fallback
+        self._last: tuple[Any, Any, Any] | None = None  # (position_ids, mask, bounds) of the current forward
+
+    def bounds(self, position_ids, mask) -> list[int] | None:
+        """Document start offsets plus the row length; None unless the mask is exactly the packed-documents one."""
+        import torch
+
+        if self._last is not None and self._last[0] is position_ids and self._last[1] is mask:
+            return self._last[2]
+        bounds = document_bounds(position_ids[0])
+        bounds = bounds if len(bounds) > 2 and mask is not None else None
+        if bounds is not None:
+            lengths = torch.tensor([end - start for start, end in zip(bounds, bounds[1:])])
+            document = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+            expected = (document[:, None] == document[None, :]).tril()
+            if mask.dtype != torch.bool or mask.shape[-2:] != expected.shape or not torch.equal(mask[0, 0], expected):
+                bounds = None  # the mask also hides padding or something else: leave it to SDPA
+        self._last = (position_ids, mask, bounds)
+        return bounds
+
+    def __call__(self, module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
+                 **kwargs):
+        import torch
+        from transformers.integrations.sdpa_attention import repeat_kv
+
+        position_ids = kwargs.get("position_ids")
+        usable = (enabled("document_attention", query.device) and position_ids is not None and query.shape[0] == 1
+                  and position_ids.shape[0] == 1 and query.shape[2] == key.shape[2] == position_ids.shape[-1]
+                  and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+        bounds = self.bounds(position_ids, attention_mask) if usable else None
+        if bounds is None:
+            return self.fallback(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                 is_causal=is_causal, **kwargs)
+        groups = getattr(module, "num_key_value_groups", 1)
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+        with self.kernel_for(query):
+            pieces = [torch.nn.functional.scaled_dot_product_attention(
+                query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=dropout, scale=scaling, is_causal=True)
+                for a, b in zip(bounds, bounds[1:])]
+        return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
+
+    @staticmethod
+    def kernel_for(query):
+        """The math kernel where a backward follows (for documents of tens to hundreds of tokens its
+        backward is the faster one on CPU), the default (flash) kernel elsewhere."""
+        import torch
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        if torch.is_grad_enabled() and query.requires_grad:
+            return sdpa_kernel(SDPBackend.MATH)
+        return contextlib.nullcontext()
+
+
+def use_document_attention() -> None:
+    """Route ``attn_implementation="sdpa"`` through DocumentAttention in this process (idempotent)."""
+    if "document_attention" in switched_off:
+        return
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    AttentionInterface.register("sdpa", DocumentAttention(sdpa_attention_forward))
+
+
+# --- frozen_prefix -----------------------------------------------------------------------------------------------
+
+DEFAULT_MAX_BYTES = 1 << 30  # past this, no more documents are kept (those kept are still reused)
+
+
+class FrozenPrefixCache:
+    """Computes a causal LM's frozen bottom layers once per document instead of once per epoch.
+
+    With adapters in the top layers only (``peft_top_layers``), the decoder layers below them never
+    change during training. With no dropout, and with packed rows (no attention mask, position ids
+    that restart at each document, so attention stays within a document), their output for a
+    document depends on the document's tokens and starting position alone. So it is kept after the
+    first time and reused in every later epoch, and in the evaluation after training, which sees
+    the same documents as the one before it.
+
+    Anything else runs the layers as usual: generation (a KV cache), padded batches, inputs given
+    as embeddings, or a frozen weight that is changed in place (the cache is emptied) or unfrozen.
+    """
+
+    def __init__(self, decoder, depth: int, max_bytes: int = DEFAULT_MAX_BYTES):
+        self.depth = depth
+        self.max_bytes = max_bytes
+        self.frozen = [*decoder.get_input_embeddings().parameters(),
+                       *(p for layer in decoder.layers[:depth] for p in layer.parameters())]
+        self.outputs: dict[tuple, Any] = {}
+        self.stored_bytes = 0
+        self.hits = self.misses = 0
+        self._versions = self._weight_versions()
+        self._plan: list[list[tuple]] | None = None  # per row, the keys of its documents; None = bypass
+        self._skip = False  # the current forward took its prefix output from the cache
+        self._disabled = False  # the layers return something other than a tensor: left alone
+        decoder.register_forward_pre_hook(self._plan_forward, with_kwargs=True)
+        for index, layer in enumerate(decoder.layers[:depth]):
+            layer.forward = types.MethodType(self._wrap(index, layer.forward), layer)
+
+    def _weight_versions(self) -> tuple[int, ...]:
+        return tuple(p._version for p in self.frozen)
+
+    def _plan_forward(self, decoder, args, kwargs) -> None:
+        import torch
+
+        self._plan, self._skip = None, False
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        position_ids = kwargs.get("position_ids")
+        if (self._disabled or not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2
+                or kwargs.get("inputs_embeds") is not None or kwargs.get("attention_mask") is not None
+                or kwargs.get("past_key_values") is not None or kwargs.get("use_cache")
+                or any(p.requires_grad for p in self.frozen)):
+            return
+        versions = self._weight_versions()
+        if versions != self._versions:  # a frozen weight was changed in place: what is kept is stale
+            self.outputs.clear()
+            self.stored_bytes, self._versions = 0, versions
+        if position_ids is None:
+            position_ids = torch.arange(input_ids.shape[1]).expand_as(input_ids)
+        position_ids = position_ids.expand_as(input_ids)
+        autocast = (torch.is_autocast_enabled(input_ids.device.type),
+                    torch.get_autocast_dtype(input_ids.device.type))
+        self._plan = [self._document_keys(ids, positions, autocast)
+                      for ids, positions in zip(input_ids.cpu(), position_ids.cpu())]
+        self._skip = all(key in self.outputs for row in self._plan for _, _, key in row)
+        self.hits += self._skip
+        self.misses += not self._skip
+
+    @staticmethod
+    def _document_keys(ids, positions, autocast) -> list[tuple]:
+        """(start, end, key) per packed document of one row."""
+        bounds = document_bounds(positions)
+        return [(a, b, (ids[a:b].numpy().tobytes(), int(positions[a]), autocast))
+                for a, b in zip(bounds, bounds[1:])]
+
+    def _wrap(self, index: int, forward):
+        def cached_forward(layer, hidden_states, *args, **kwargs):
+            if self._plan is None:
+                return forward(hidden_states, *args, **kwargs)
+            if self._skip:
+                if index == 0:
+                    return self._assemble(hidden_states)
+                return hidden_states  # already the output of the last frozen layer
+            output = forward(hidden_states, *args, **kwargs)
+            if index == self.depth - 1:
+                self._store(output)
+            return output
+
+        return cached_forward
+
+    def _assemble(self, like):
+        import torch
+
+        rows = [torch.cat([self.outputs[key] for _, _, key in row]) for row in self._plan]
+        output = torch.stack(rows).to(like.device)
+        # Reentrant gradient checkpointing needs its input to require grad, as the embeddings' output then does.
+        return output.requires_grad_(like.requires_grad)
+
+    def _store(self, output) -> None:
+        import torch
+
+        if not isinstance(output, torch.Tensor):  # an older layer API (a tuple): nothing to reuse safely
+            self._disabled = True
+            return
+        for row, documents in zip(output.detach(), self._plan):
+            for start, end, key in documents:
+                piece = row[start:end]
+                if key in self.outputs or self.stored_bytes + piece.nbytes > self.max_bytes:
+                    continue
+                self.outputs[key] = piece.clone()
+                self.stored_bytes += piece.nbytes
+
+
+def frozen_depth(decoder) -> int:
+    """How many decoder layers, from the bottom, have no trainable weight (0 if the embeddings train)."""
+    if any(p.requires_grad for p in decoder.get_input_embeddings().parameters()):
+        return 0
+    depth = 0
+    for layer in decoder.layers:
+        if any(p.requires_grad for p in layer.parameters()):
+            break
+        depth += 1
+    return depth
+
+
+def has_dropout(decoder, depth: int) -> bool:
+    """Whether the embeddings or the bottom ``depth`` layers may drop anything out (then no output repeats)."""
+    import torch
+
+    rates = [value for name, value in vars(decoder.config).items()
+             if ("dropout" in name or "pdrop" in name) and isinstance(value, (int, float))]
+    modules = [*decoder.get_input_embeddings().modules(),
+               *(m for layer in decoder.layers[:depth] for m in layer.modules())]
+    return any(rate > 0 for rate in rates) or any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in modules)
+
+
+def reuse_frozen_prefix(model, max_bytes: int = DEFAULT_MAX_BYTES) -> FrozenPrefixCache | None:
+    """Attach a FrozenPrefixCache to ``model`` (a transformers causal LM, PEFT-wrapped or not) where it applies.
+
+    Returns None, changing nothing, where the model has no ``layers`` list, no frozen bottom layer
+    below a trained one, or dropout.
+    """
+    import torch
+
+    decoder = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = decoder.get_decoder() if hasattr(decoder, "get_decoder") else None
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        return None
+    depth = frozen_depth(decoder)
+    if depth == 0 or depth == len(layers) or has_dropout(decoder, depth):
+        return None
+    log.info("decoder layers 0-%d are frozen: their output is computed once per document and reused "
+             "(up to %.1f GiB)", depth - 1, max_bytes / 2**30)
+    return FrozenPrefixCache(decoder, depth, max_bytes)
+
+
+# --- plain_lm_head -----------------------------------------------------------------------------------------------
+
+def use_plain_lm_head(trainer, peft: bool) -> None:
+    """On CPU, give a TRL DPOTrainer's policy and reference model ``plain_lm_head``."""
+    if not enabled("plain_lm_head", trainer.args.device):
+        return
+    for scorer in (trainer.model, trainer.ref_model):
+        if scorer is not None:
+            plain_lm_head(scorer.get_base_model() if peft and scorer is trainer.model else scorer)
+
+
+def plain_lm_head(model) -> None:
+    """Answer TRL's ``fused_lm_head=True`` calls from the model's own logits of the scored positions.
+
+    TRL's chunked LM-head kernel never materializes the (batch, length, vocab) logits, which matters
+    for memory on a GPU; its CPU fallback scores every position (prompt and padding too). Here the
+    model's forward computes logits from the first completion token on only (``logits_to_keep``;
+    softcapping and scaling stay the model's own), and the per-token fields TRL reads are derived
+    from them.
+    """
+    import torch
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    trl_forward = model.forward  # TRL's patch; without fused_lm_head it is the model's own forward
+
+    @functools.wraps(trl_forward)
+    def forward(*args, fused_lm_head=False, labels=None, **kwargs):
+        if not fused_lm_head:
+            return trl_forward(*args, labels=labels, **kwargs)
+        kwargs.pop("num_items_in_batch", None)
+        targets = labels[:, 1:]
+        mask = targets != IGNORE_INDEX
+        first = int(mask.any(dim=0).int().argmax())  # the first position that any row scores
+        logits = trl_forward(*args, logits_to_keep=targets.size(1) + 1 - first, **kwargs).logits[:, :-1].float()
+        scored, keep = targets[:, first:], mask[:, first:]
+        log_softmax = torch.log_softmax(logits, dim=-1)
+        log_probs = log_softmax.gather(-1, scored.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        with torch.no_grad():
+            entropy = -(log_softmax.exp() * log_softmax).sum(dim=-1)
+            mean_logits = logits.mean(dim=-1)
+            is_top1 = logits.argmax(dim=-1) == scored
+
+        def full(x):  # back to one value per position, 0 where nothing is scored
+            x = x.masked_fill(~keep, 0)
+            return torch.cat([x.new_zeros(x.size(0), first), x], dim=1)
+
+        log_probs = full(log_probs)
+        return FusedCausalLMOutput(loss=-log_probs.sum() / mask.sum().clamp(min=1), log_probs=log_probs,
+                                   entropy=full(entropy), mean_logits=full(mean_logits), is_top1=full(is_top1),
+                                   label_mask=mask)
+
+    model.forward = forward
+
+
+# --- cached_weight_casts -----------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def cached_weight_casts(model, low_precision: bool):
+    """Inside an autocast region, cast each frozen float32 weight once instead of at every call (CPU).
+
+    Autocast keeps its low-precision copy of a weight for the whole region only if the weight
+    requires grad, so a frozen one (a LoRA base) is cast again for every generated token. This
+    marks frozen weights as requiring grad for the duration (use under no_grad: no graph is built).
+    On a GPU the casts are cheap and the cached copies would cost memory.
+    """
+    import torch
+
+    on = low_precision and enabled("cached_weight_casts", model.device)
+    frozen = [p for p in model.parameters() if not p.requires_grad and p.dtype == torch.float32] if on else []
+    for param in frozen:
+        param.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for param in frozen:
+            param.requires_grad_(False)

@@ -1,0 +1,94 @@
+"""The transformers Trainer as the Trainer-based recipes run it (sft, sft-zero2, optuna's trials,
+clm-pretext, dpo): its arguments from the shared options, and a mixin that gives it staged
+checkpoints, the recipes' optimizer groups, the stop on a signal and the replica guard."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from recipekit import checkpoint, distributed, evaluate, optim, replicas
+from recipekit.errors import Preempted
+from recipekit.preemption import StopOnSignal
+from recipekit.schema import TrainingOptions
+
+# Makers of the TrainerCallbacks every recipe trainer in this process gets after its own, called as the
+# trainer is built (bench/ours.py adds its probe).
+added_callbacks: list[Callable[[], Any]] = []
+
+
+def arguments(train: TrainingOptions, eval_batch_scale: int = 1) -> dict[str, Any]:
+    """TrainingArguments keywords that follow directly from the shared options.
+
+    Evaluation batches are ``eval_batch_scale`` times the training batch: they keep no activations
+    for a backward, so a recipe whose evaluation holds no full-vocabulary logits can take larger ones.
+    """
+    import torch
+
+    # The TensorBoard callback reads its directory from this env var (default: ./runs, even for eval).
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(train.output_dir) / "runs")
+    return dict(use_cpu=not torch.cuda.is_available(),
+        output_dir=train.output_dir, learning_rate=train.learning_rate,
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=train.batch_size * eval_batch_scale,
+        gradient_accumulation_steps=train.gradient_accumulation_steps, num_train_epochs=train.num_train_epochs,
+        max_steps=train.max_steps, weight_decay=train.weight_decay, lr_scheduler_type=train.lr_scheduler_type,
+        warmup_steps=train.warmup_ratio, max_grad_norm=train.max_grad_norm, seed=train.seed, data_seed=train.seed,
+        bf16=train.bf16, fp16=train.fp16, activation_checkpointing=train.gradient_checkpointing,
+        activation_checkpointing_kwargs=train.gradient_checkpointing_kwargs, logging_steps=train.logging_steps,
+        logging_first_step=True, save_strategy="steps", save_steps=train.save_steps,
+        save_total_limit=train.save_total_limit, eval_strategy="no", report_to=["tensorboard"],
+        push_to_hub=False, disable_tqdm=True,
+        ddp_find_unused_parameters=False, dataloader_pin_memory=False,
+    )
+
+
+class RecipeTrainerMixin:
+    """Mix into a ``transformers.Trainer`` subclass, ahead of it.
+
+    - Checkpoints go through ``checkpoint.staged``: the Trainer writes each one into the staging
+      dir, which is published once all ranks are done. The Trainer's own rotation is bypassed (it
+      could delete the newest complete checkpoint).
+    - The optimizer follows ``layer_lr_decay`` and ``lr_multipliers`` (``optim``), built once the
+      Trainer has wrapped the model, so LoRA's trainable parameters are the ones grouped.
+    - ``stop`` saves and stops the run on a signal; the replica guard compares data-parallel ranks.
+    """
+
+    def __init__(self, *args, options: TrainingOptions, stop: StopOnSignal, callbacks=(), **kwargs):
+        self.recipe_options, self.stop_on_signal = options, stop
+        self.replica_guard = replicas.trainer_callback(options.replica_check_steps)
+        callbacks = [stop.trainer_callback(), self.replica_guard, *callbacks, *(make() for make in added_callbacks)]
+        super().__init__(*args, callbacks=callbacks, **kwargs)
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            self.optimizer = optim.adamw_unless_uniform(self.model, self.recipe_options)
+        return super().create_optimizer(model)
+
+    def _get_output_dir(self, trial):  # noqa: D401 - Trainer hook
+        if getattr(self, "_staging_save", False):
+            return str(Path(self.args.output_dir) / checkpoint.STAGING)
+        return super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            with checkpoint.staged(self.args.output_dir, self.state.global_step, limit):
+                self._staging_save = True
+                super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_save = False
+            self.args.save_total_limit = limit
+
+    def train_from(self, resume_from: Path | None, evaluate_first: bool) -> dict[str, Any]:
+        """``train()`` from ``resume_from``, evaluating before the first step if asked; raises Preempted
+        when a signal stopped it. Returns the training metrics every Trainer recipe reports."""
+        evaluate.evaluate_when_training_starts(self, evaluate_first)
+        distributed.barrier()
+        result = self.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        if self.stop_on_signal.stopped:
+            raise Preempted(f"checkpoint saved at step {self.state.global_step}")
+        return dict(train_loss=result.training_loss, global_step=self.state.global_step,
+                    train_runtime_s=evaluate.training_runtime(result.metrics, self.state.log_history, evaluate_first),
+                    replicas_checked_at_steps=self.replica_guard.checked)

@@ -1,0 +1,358 @@
+"""recipekit.cpu_speedups: each CPU path gives the numbers of the stock code it replaces, runs where it should,
+and still finds the private API of transformers, TRL or torch it leans on."""
+
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+
+from recipekit import cpu_speedups
+
+
+@pytest.fixture
+def tiny(tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from recipekit import models
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(models.resolve(tiny_model), attn_implementation="sdpa",
+                                                dtype=torch.float32)
+
+
+@pytest.fixture
+def stock_sdpa(monkeypatch):
+    """Put the stock SDPA back after the test (use_document_attention changes it process-wide)."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", sdpa_attention_forward)
+
+
+def packed_batch(lengths=(7, 12, 5), vocab=1000):
+    """One padding-free row of three documents, as TRL's packing collator builds it."""
+    import torch
+
+    ids = torch.randint(3, vocab, (1, sum(lengths)))
+    positions = torch.cat([torch.arange(n) for n in lengths])[None]
+    labels = ids.clone()
+    start = 0
+    for n in lengths:  # the first half of each document is prompt
+        labels[0, start:start + n // 2] = -100
+        start += n
+    return {"input_ids": ids, "position_ids": positions, "use_cache": False}, labels  # as TRL's trainer calls it
+
+
+def forward_and_grads(model, inputs):
+    model.zero_grad()
+    logits = model(**inputs).logits
+    (logits.float() ** 2).mean().backward()
+    return logits.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def test_document_attention_matches_the_packed_mask(tiny, stock_sdpa):
+    import torch
+
+    inputs, _ = packed_batch()
+    stock_logits, stock_grads = forward_and_grads(tiny, inputs)
+    cpu_speedups.use_document_attention()
+    logits, grads = forward_and_grads(tiny, inputs)
+    from transformers import AttentionInterface
+
+    assert AttentionInterface._global_mapping["sdpa"]._last[2] == [0, 7, 19, 24]  # the per-document path ran
+    assert torch.allclose(logits, stock_logits, atol=1e-5)
+    assert len(grads) == len(stock_grads) and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, stock_grads))
+
+    # The other tokens of a document really are invisible: changing document 1 leaves document 2 alone.
+    changed = {**inputs, "input_ids": inputs["input_ids"].clone()}
+    changed["input_ids"][0, :7] = 3
+    assert torch.allclose(tiny(**changed).logits[0, 7:], logits[0, 7:], atol=1e-5)
+    assert not torch.allclose(tiny(**changed).logits[0, :7], logits[0, :7], atol=1e-3)
+
+
+def test_document_attention_leaves_padded_batches_and_generation_alone(tiny, stock_sdpa):
+    import torch
+
+    ids = torch.randint(3, 1000, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    stock = tiny(input_ids=ids, attention_mask=mask).logits
+    stock_reply = tiny.generate(ids[:1], max_new_tokens=4, do_sample=False)
+    cpu_speedups.use_document_attention()
+    assert torch.allclose(tiny(input_ids=ids, attention_mask=mask).logits, stock, atol=1e-6)
+    assert torch.equal(tiny.generate(ids[:1], max_new_tokens=4, do_sample=False), stock_reply)
+
+
+@pytest.mark.parametrize("num_items", [None, 11])
+def test_loss_on_trained_positions_matches_the_model_loss(tiny, num_items):
+    import torch
+
+    inputs, labels = packed_batch()
+    n = None if num_items is None else torch.tensor(num_items)
+    tiny.zero_grad()
+    expected = tiny(**inputs, labels=labels, num_items_in_batch=n).loss
+    expected.backward()
+    expected_grads = [p.grad.clone() for p in tiny.parameters()]
+
+    trainer = SimpleNamespace(model_accepts_loss_kwargs=True, args=SimpleNamespace(average_tokens_across_devices=False))
+    tiny.zero_grad()
+    loss = cpu_speedups.PlainLossOnCPUMixin._loss_on_trained_positions(trainer, tiny, {**inputs, "labels": labels}, n)
+    loss.backward()
+    assert torch.allclose(loss, expected, atol=1e-6)
+    assert all(torch.allclose(p.grad, g, atol=1e-6) for p, g in zip(tiny.parameters(), expected_grads))
+
+
+# --- frozen_prefix ------------------------------------------------------------------------------------------
+
+LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@pytest.fixture()
+def lora_on_top(tiny_model):
+    """A 4-layer random Llama with LoRA in its top 2 layers, and an unhooked copy to compare with."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from recipekit import models
+
+    config = AutoConfig.from_pretrained(models.resolve(tiny_model), num_hidden_layers=4)
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    lora = LoraConfig(r=4, target_modules=LINEARS, layers_to_transform=[2, 3], init_lora_weights=False)
+    model = get_peft_model(base, lora)
+    return model, copy.deepcopy(model)
+
+
+def packed(*documents: list[int]) -> dict:
+    """One padding-free row, as TRL's collator builds it: positions restart at each document."""
+    import torch
+
+    ids = [token for document in documents for token in document]
+    positions = [position for document in documents for position in range(len(document))]
+    return {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([positions]), "use_cache": False}
+
+
+def bottom_layer_runs(model) -> list[int]:
+    """A counter of the bottom layer's real computations (its MLP's forward runs only when the layer's does)."""
+    runs = [0]
+    layers = model.get_base_model().model.layers
+    layers[0].mlp.register_forward_hook(lambda *_: runs.__setitem__(0, runs[0] + 1))
+    return runs
+
+
+def loss_and_grads(model, batch):
+    model.zero_grad()
+    logits = model(**batch).logits
+    logits.float().square().mean().backward()
+    grads = {name: param.grad.clone() for name, param in model.named_parameters() if param.requires_grad}
+    return logits.detach(), grads
+
+
+def assert_same(got, expected):
+    import torch
+
+    (logits, grads), (expected_logits, expected_grads) = got, expected
+    torch.testing.assert_close(logits, expected_logits)
+    assert grads.keys() == expected_grads.keys() and grads
+    for name in grads:
+        torch.testing.assert_close(grads[name], expected_grads[name], msg=name)
+
+
+A, B, C = [5, 17, 42, 8, 99, 3], [7, 7, 61, 2], [11, 12, 13, 14, 15]
+
+
+def test_documents_seen_before_skip_the_frozen_layers_with_the_same_logits_and_grads(lora_on_top):
+    model, reference = lora_on_top
+    cache = cpu_speedups.reuse_frozen_prefix(model)
+    assert cache is not None and cache.depth == 2
+    runs = bottom_layer_runs(model)
+
+    assert_same(loss_and_grads(model, packed(A, B)), loss_and_grads(reference, packed(A, B)))
+    assert (runs[0], cache.hits, cache.misses) == (1, 0, 1)
+    assert not cache._disabled  # the decoder layers still return a tensor, which it keeps
+    # Packed the other way round (as a later epoch shuffles them): both documents come from the cache.
+    assert_same(loss_and_grads(model, packed(B, A)), loss_and_grads(reference, packed(B, A)))
+    assert (runs[0], cache.hits, cache.misses) == (1, 1, 1)
+    # One new document: the whole row is computed, and the new document kept.
+    assert_same(loss_and_grads(model, packed(C, A)), loss_and_grads(reference, packed(C, A)))
+    assert (runs[0], len(cache.outputs)) == (2, 3)
+
+
+def test_generation_and_padded_batches_run_every_layer(lora_on_top):
+    import torch
+
+    model, reference = lora_on_top
+    cache = cpu_speedups.reuse_frozen_prefix(model)
+    runs = bottom_layer_runs(model)
+    model(**packed(A))
+    with_cache = {**packed(A), "use_cache": True}
+    padded = {**packed(A), "attention_mask": torch.ones(1, len(A), dtype=torch.long)}
+    for batch in (with_cache, padded):
+        torch.testing.assert_close(model(**batch).logits, reference(**batch).logits)
+    assert (runs[0], cache.hits) == (3, 0)
+    generated = model.generate(torch.tensor([A]), max_new_tokens=3, do_sample=False)
+    assert torch.equal(generated, reference.generate(torch.tensor([A]), max_new_tokens=3, do_sample=False))
+    assert cache.hits == 0
+
+
+def test_a_frozen_weight_changed_in_place_empties_the_cache(lora_on_top):
+    import torch
+
+    model, reference = lora_on_top
+    cache = cpu_speedups.reuse_frozen_prefix(model)
+    model(**packed(A, B))
+    for net in (model, reference):
+        with torch.no_grad():
+            net.get_base_model().model.layers[1].mlp.up_proj.weight.mul_(1.5)
+    torch.testing.assert_close(model(**packed(A, B)).logits, reference(**packed(A, B)).logits)
+    assert (cache.hits, cache.misses) == (0, 2)
+
+
+def test_a_document_is_kept_only_within_the_byte_budget(lora_on_top):
+    model, _ = lora_on_top
+    hidden = model.config.hidden_size
+    cache = cpu_speedups.reuse_frozen_prefix(model, max_bytes=4 * hidden * (len(A) + len(B)))  # float32
+    model(**packed(A, B, C))
+    assert len(cache.outputs) == 2 and cache.stored_bytes <= cache.max_bytes
+
+
+def test_nothing_is_attached_where_outputs_could_differ(tiny_model):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from recipekit import models
+
+    config = AutoConfig.from_pretrained(models.resolve(tiny_model), num_hidden_layers=4)
+    full = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    assert cpu_speedups.reuse_frozen_prefix(full) is None  # every layer trains
+    everywhere = get_peft_model(copy.deepcopy(full), LoraConfig(r=4, target_modules=LINEARS))
+    assert cpu_speedups.reuse_frozen_prefix(everywhere) is None  # adapters from the bottom layer up
+    config.attention_dropout = 0.1
+    dropout = get_peft_model(AutoModelForCausalLM.from_config(config),
+                             LoraConfig(r=4, target_modules=LINEARS, layers_to_transform=[3]))
+    assert cpu_speedups.reuse_frozen_prefix(dropout) is None
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_reused_outputs_under_gradient_checkpointing_give_the_same_grads(lora_on_top, reentrant):
+    """As peft sets it up: the embeddings' output requires grad, and every layer is recomputed in the backward."""
+    model, reference = lora_on_top
+    for net in (model, reference):
+        net.train()
+        net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        net.enable_input_require_grads()
+    cache = cpu_speedups.reuse_frozen_prefix(model)
+    for batch in (packed(A, B), packed(B, A)):
+        assert_same(loss_and_grads(model, batch), loss_and_grads(reference, batch))
+    assert (cache.hits, cache.misses) == (1, 1)
+
+
+# --- the switch and the private API each path leans on -----------------------------------------------------------
+
+def test_every_path_runs_on_cpu_only_and_can_be_switched_off(monkeypatch):
+    import torch
+
+    assert all(cpu_speedups.enabled(path, torch.device("cpu")) for path in cpu_speedups.PATHS)
+    assert not any(cpu_speedups.enabled(path, torch.device("cuda", 0)) for path in cpu_speedups.PATHS)
+    monkeypatch.setattr(cpu_speedups, "switched_off", {"document_attention"})
+    assert not cpu_speedups.enabled("document_attention", "cpu") and cpu_speedups.enabled("plain_loss", "cpu")
+    with pytest.raises(ValueError, match="unknown CPU speed path"):
+        cpu_speedups.enabled("plain-loss", "cpu")
+
+
+def test_switched_off_document_attention_leaves_the_stock_sdpa(stock_sdpa, monkeypatch):
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    monkeypatch.setattr(cpu_speedups, "switched_off", {"document_attention"})
+    cpu_speedups.use_document_attention()
+    assert AttentionInterface._global_mapping["sdpa"] is sdpa_attention_forward
+
+
+def test_the_private_api_the_paths_call_is_where_they_expect_it():
+    import inspect
+
+    import torch
+    from transformers import Trainer
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward  # noqa: F401
+    from transformers.loss.loss_utils import fixed_cross_entropy
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    assert list(inspect.signature(fixed_cross_entropy).parameters)[:4] == [
+        "source", "target", "num_items_in_batch", "ignore_index"]
+    assert list(inspect.signature(Trainer.compute_loss).parameters) == [
+        "self", "model", "inputs", "return_outputs", "num_items_in_batch"]
+    assert {"loss", "log_probs", "entropy", "mean_logits", "is_top1", "label_mask"} <= set(
+        FusedCausalLMOutput.__dataclass_fields__)
+    weight = torch.zeros(3)
+    version = weight._version  # frozen_prefix's test for a frozen weight changed in place
+    weight.add_(1)
+    assert weight._version > version
+
+
+@pytest.fixture(scope="module")
+def sft_batch(tiny_model, tmp_path_factory):
+    """A real SFTTrainer on the tiny model (packed chat rows, as the sft recipe trains) and one training batch."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from recipekit import models
+
+    class Trainer(cpu_speedups.PlainLossOnCPUMixin, SFTTrainer):
+        pass
+
+    path = models.resolve(tiny_model)
+    rows = [{"prompt": [{"role": "user", "content": f"Question {i}: is there a pool on floor {i}?"}],
+             "completion": [{"role": "assistant", "content": f"Yes, on floor {i}, open from {i} am."}]}
+            for i in range(4)]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", dtype=torch.float32)
+    args = SFTConfig(output_dir=str(tmp_path_factory.mktemp("sft")), per_device_train_batch_size=4, packing=True,
+                     max_length=256, use_cpu=True, report_to=[], bf16=False)
+    trainer = Trainer(model=model, args=args, processing_class=AutoTokenizer.from_pretrained(path),
+                      train_dataset=Dataset.from_list(rows))
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    return trainer, batch
+
+
+def test_the_plain_loss_equals_trls_own_on_a_real_sft_batch(sft_batch, monkeypatch):
+    """TRL's collator still sends what the plain loss reads (position_ids of packed rows, labels, the
+    completion mask), the trainer still has the attributes it asks, and the three ways agree."""
+    import torch
+
+    trainer, batch = sft_batch
+    assert {"input_ids", "position_ids", "labels"} <= set(batch)
+    assert batch["input_ids"].shape[0] == 1 and len(cpu_speedups.document_bounds(batch["position_ids"][0])) == 5
+    n = torch.tensor(int((batch["labels"][:, 1:] != -100).sum()))
+    plain = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=n)
+    monkeypatch.setattr(cpu_speedups, "switched_off", {"trained_positions"})
+    every_position = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=n)
+    monkeypatch.setattr(cpu_speedups, "switched_off", {"plain_loss"})
+    trls = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=n)
+    assert torch.allclose(plain, every_position, atol=1e-5) and torch.allclose(plain, trls, atol=1e-4)
+
+
+def test_plain_lm_head_answers_trls_fused_calls_with_the_same_numbers(tiny):
+    import torch
+    from trl.trainer.utils import add_fused_lm_head
+
+    fields = ("log_probs", "entropy", "mean_logits", "is_top1")
+    reference = copy.deepcopy(tiny)
+    for model in (tiny, reference):
+        add_fused_lm_head(model, outputs=fields)  # as TRL's DPOTrainer patches the policy and the reference
+    cpu_speedups.plain_lm_head(tiny)
+    ids = torch.randint(3, 1000, (2, 10))
+    labels = ids.clone()
+    labels[0, :4], labels[1, :6] = -100, -100  # the prompts
+    ours = tiny(input_ids=ids, labels=labels, fused_lm_head=True, use_cache=False)
+    theirs = reference(input_ids=ids, labels=labels, fused_lm_head=True, use_cache=False)
+    for field in (*fields, "loss", "label_mask"):
+        assert torch.allclose(getattr(ours, field).float(), getattr(theirs, field).float(), atol=1e-4), field
+    assert torch.equal(tiny(input_ids=ids).logits, reference(input_ids=ids).logits)  # generation is untouched
