@@ -2,21 +2,20 @@
 
 ``run(main, Config)`` parses and validates the config, calls ``main(cfg)`` and turns the
 outcome into the documented exit code (see ``recipekit.errors``), printing bad input as one
-line per problem instead of a traceback.
+line per problem instead of a traceback. ``prepare`` is how every ``main`` starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from recipekit import config as configlib
-from recipekit import process
+from recipekit import hub, process
 from recipekit.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_USAGE, Preempted,
                               ReplicasDiverged, UsageError)
 from recipekit.schema import ModelOptions
@@ -86,6 +85,20 @@ def run(main: Callable[[Any, bool], None], config_cls: type, description: str, r
         sys.exit(EXIT_INTERRUPTED)
 
 
+Data = TypeVar("Data")
+
+
+def prepare(cfg: Any, load: Callable[[Any, str | None], Data]) -> tuple[str | None, Data]:
+    """The start of every recipe's ``main``: logging, the Hub token (by reference), the recipe's data
+    (``load`` reads and checks it), then whether the Hub can be reached where the model or push_to_hub
+    needs it. Returns the token and the data."""
+    process.setup_logging()
+    token = hub.token(cfg)
+    data = load(cfg, token)
+    hub.check_reachable(cfg, token)
+    return token, data
+
+
 @contextlib.contextmanager
 def stdout_to_stderr():
     """Send everything written to stdout (by Python or by native code, at the file descriptor) to
@@ -100,15 +113,3 @@ def stdout_to_stderr():
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
-
-
-def import_recipe(path: Path):
-    """Import another recipe's entry module by path, so a recipe can build on one (sft-zero2 on sft)."""
-    name = "recipe_" + path.parent.name.replace("-", "_")
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is created
-    spec.loader.exec_module(module)
-    return module

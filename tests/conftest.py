@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -70,6 +71,19 @@ def run_launcher(*args: str, env: dict[str, str] | None = None, timeout: int = 6
             raise AssertionError(f"launcher {' '.join(args)} timed out after {timeout} s\n"
                                  f"--- stdout ---\n{stdout[-4000:]}\n--- stderr ---\n{stderr[-4000:]}") from None
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def load_recipe(name: str):
+    """A recipe's entry module (recipes/<name>/train.py or search.py), imported by path as the tests' own
+    module ``recipe_<name>``: its Config and helpers, without running its main."""
+    module_name = "recipe_" + name.replace("-", "_")
+    if module_name not in sys.modules:
+        path = next(p for p in (REPO / "recipes" / name / e for e in ("train.py", "search.py")) if p.is_file())
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # dataclasses look their module up while the class is created
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
 
 
 def read_metrics(output_dir: Path) -> dict:

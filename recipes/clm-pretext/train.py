@@ -25,8 +25,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from recipekit import (checkpoint, data, distributed, entry, evaluate, hub, loading, lora, models, outputs, process,
-                       trainers)
+from recipekit import checkpoint, data, distributed, entry, evaluate, hub, loading, lora, models, outputs, trainers
 from recipekit.config import option
 from recipekit.errors import DataError, UsageError
 from recipekit.preemption import StopOnSignal
@@ -75,10 +74,7 @@ class Blocks:
 
 def main(cfg: Config, check_only: bool) -> None:
     # Validate: config, data, tokenizer and model type are all checked before a model is loaded.
-    process.setup_logging()
-    token = hub.token(cfg)
-    train_rows, eval_rows = load_text(cfg, token)
-    hub.check_reachable(cfg, token)
+    token, (train_rows, eval_rows) = entry.prepare(cfg, load_text)
     model_path = models.resolve(cfg.model_name, weights=not check_only)
     tokenizer = loading.load_tokenizer(model_path, cfg, token)
     check_model_fits(cfg, model_path, tokenizer, token)

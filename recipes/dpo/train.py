@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from recipekit import (checkpoint, cpu_speedups, data, distributed, entry, evaluate, hub, loading, lora, models,
-                       outputs, process, trainers)
+                       outputs, trainers)
 from recipekit.config import option
 from recipekit.errors import DataError, UsageError
 from recipekit.preemption import StopOnSignal
@@ -92,10 +92,7 @@ class Pairs:
 
 def main(cfg: Config, check_only: bool) -> None:
     # Validate: config, data and tokenizer are all checked before a model is loaded.
-    process.setup_logging()
-    token = hub.token(cfg)
-    pairs = load_pairs(cfg, token)
-    hub.check_reachable(cfg, token)
+    token, pairs = entry.prepare(cfg, load_pairs)
     model_path = models.resolve(cfg.model_name, weights=not check_only)
     tokenizer = loading.load_tokenizer(model_path, cfg, token)
     check_prompts_fit(pairs, tokenizer, cfg)

@@ -6,8 +6,9 @@
     launcher run recipes/optuna --set storage_secret=OPTUNA_DB    # a database URL (with password) in $OPTUNA_DB
     python recipes/optuna/search.py --config recipes/optuna/config.yaml
 
-Workers run trials until the study has n_trials finished ones. Every trial is one run of
-recipes/sft (in-process): the base config with the sampled values, in <output_dir>/trial-<number>.
+Workers run trials until the study has n_trials finished ones. Every trial is one SFT run as
+recipes/sft trains (recipekit.sft, in-process): the base config with the sampled values, in
+<output_dir>/trial-<number>.
 Its eval loss is reported every `eval_every_steps` and the median pruner stops trials that fall
 behind; the objective is the final held-out eval loss. Trial 0 runs the base config's own values
 (baseline_trial), so "best beats default" is measured. Trials of a worker that dies are failed by
@@ -20,26 +21,22 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import json
 import logging
 import os
 import socket
 import time
-import typing
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
-from urllib.parse import urlsplit
 
-from recipekit import checkpoint, distributed, entry, hub, outputs, process, secrets, sft_data
+from recipekit import checkpoint, distributed, entry, outputs, secrets, sft, sft_data, studies
 from recipekit import config as configlib
 from recipekit.config import option
 from recipekit.errors import Preempted, UsageError
 from recipekit.preemption import StopOnSignal
 
-sft = entry.import_recipe(Path(__file__).resolve().parent.parent / "sft" / "train.py")
 log = logging.getLogger("recipes.optuna")
 JOURNAL = "study.journal"
 DEFAULT_SPACE = {
@@ -59,7 +56,7 @@ NOT_SEARCHABLE = {"output_dir", "resume", "push_to_hub", "hub_model_id", "use_au
 
 
 @dataclass
-class Config(sft.Config):
+class Config(sft.Options):
     n_trials: int = option(5, help="finished (complete or pruned) trials the study aims at; every worker runs "
                            "trials until the study has them, and at most this many itself", min=1, max=10**6)
     study_name: str = option("sft-search", help="the study; workers with the same name and storage share it")
@@ -96,7 +93,7 @@ class Config(sft.Config):
             problems.append("storage: give storage or storage_secret, not both")
         if self.storage is not None and not self.storage.strip():
             problems.append("storage: must not be empty; null = journal file in output_dir")
-        elif self.storage is not None and has_password(self.storage):
+        elif self.storage is not None and studies.has_password(self.storage):
             problems.append("storage: the URL holds a password; put the URL in an env var or file and set "
                             "storage_secret to its name instead")
         problems += secrets.check_reference("storage_secret", self.storage_secret)
@@ -107,74 +104,17 @@ class Config(sft.Config):
 
 def base_values(cfg: Config) -> dict[str, Any]:
     """The sft keys of this config: the run every trial starts from."""
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(sft.Config)}
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(sft.Options)}
 
 
-def sft_config(values: dict[str, Any]):
-    return configlib.build(sft.Config, values)
+def sft_config(values: dict[str, Any]) -> sft.Options:
+    return configlib.build(sft.Options, values)
 
 
 def parse_space(cfg: Config) -> tuple[dict[str, tuple], list[str]]:
-    """search_space -> {name: ("choices", [...]) | ("range", low, high, log, is_int)}, and one line per problem."""
-    if not cfg.search_space:
-        return {}, ["search_space: declare at least one sft key to search"]
-    base, hints = base_values(cfg), typing.get_type_hints(sft.Config)
-    context = {} if sft.Config.check(cfg) else base  # each value is checked inside a valid sft config
-
-    def value(name: str, raw: Any) -> tuple[Any, list[str]]:
-        """The value as the sft config reads it (type, bounds, cross-checks), or its problems."""
-        try:
-            return getattr(sft_config({**context, name: raw}), name), []
-        except configlib.ConfigError as exc:
-            return None, [f"search_space.{p}" for p in exc.problems]
-
-    space, problems = {}, []
-    for name, spec in cfg.search_space.items():
-        key, found = f"search_space.{name}", []
-        kinds = [a for a in typing.get_args(hints.get(name)) or (hints.get(name),) if a is not type(None)]
-        if name in NOT_SEARCHABLE:
-            found.append(f"{key}: not searchable (the same in every trial)")
-        elif name not in hints:
-            close = difflib.get_close_matches(name, [n for n in hints if n not in NOT_SEARCHABLE], n=3, cutoff=0.6)
-            found.append(f"{key}: unknown sft key" + (f"; did you mean {', '.join(close)}?" if close else ""))
-        elif not isinstance(spec, dict) or set(spec) not in ({"choices"}, {"low", "high"}, {"low", "high", "log"}):
-            found.append(f"{key}: expected {{low: L, high: H}} (optionally log: true) or {{choices: [...]}}, "
-                         f"got {str(spec)[:60]}")
-        elif "choices" in spec and not (isinstance(spec["choices"], list) and spec["choices"] and all(
-                isinstance(c, (str, int, float, type(None))) for c in spec["choices"])):
-            found.append(f"{key}: choices must be a non-empty list of numbers, strings, booleans or nulls")
-        elif "choices" in spec:
-            checked = [value(name, item) for item in spec["choices"]]
-            choices, found = [c for c, _ in checked], [p for _, bad in checked for p in bad]
-            if not found and len(set(map(repr, choices))) < len(choices):
-                found.append(f"{key}: choices must be distinct")
-            elif not found and cfg.baseline_trial and base[name] not in choices:
-                found.append(f"{key}: choices must include the base value {base[name]!r} (baseline_trial runs it)")
-            space[name] = ("choices", choices)
-        elif kinds not in ([int], [float]):
-            found.append(f"{key}: low/high needs a numeric key; use choices for {name}")
-        else:
-            (low, bad_low), (high, bad_high) = value(name, spec["low"]), value(name, spec["high"])
-            found, log_scale = bad_low + bad_high, spec.get("log", False)
-            if not isinstance(log_scale, bool):
-                found.append(f"{key}: log must be true or false")
-            elif not found and not low < high:
-                found.append(f"{key}: low must be below high, got low={low}, high={high}")
-            elif not found and log_scale and low <= 0:
-                found.append(f"{key}: a log range needs low > 0, got {low}")
-            elif not found and cfg.baseline_trial and not low <= base[name] <= high:
-                found.append(f"{key}: range [{low}, {high}] must contain the base value {base[name]} "
-                             "(baseline_trial runs it)")
-            space[name] = ("range", low, high, log_scale, kinds == [int])
-        problems += list(dict.fromkeys(found))
-    return space, problems
-
-
-def has_password(url: str) -> bool:
-    try:
-        return "://" in url and urlsplit(url).password is not None
-    except ValueError:
-        return False
+    """search_space, checked key by key as an sft config reads it; see recipekit.studies.parse_space."""
+    return studies.parse_space(cfg.search_space, sft.Options, base_values(cfg), NOT_SEARCHABLE, cfg.baseline_trial,
+                             what="sft")
 
 
 def storage_location(cfg: Config) -> tuple[str, str]:
@@ -186,99 +126,19 @@ def storage_location(cfg: Config) -> tuple[str, str]:
     return secrets.read_secret("storage_secret", cfg.storage_secret), f"the URL in storage_secret {cfg.storage_secret}"
 
 
-def open_storage(cfg: Config, url: str, shown: str):
-    """The study's storage with heartbeats on: a journal file (default) or an SQLAlchemy database."""
-    import optuna
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
-    from optuna.storages.journal import JournalFileBackend
-
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retries, inherit_intermediate_values=True)
-    try:
-        if "://" not in url:
-            path = Path(url).expanduser()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return heartbeat_journal(JournalFileBackend(str(path)), cfg.heartbeat_interval, cfg.grace_period, retry)
-        return optuna.storages.RDBStorage(url, heartbeat_interval=cfg.heartbeat_interval,
-                                          grace_period=cfg.grace_period, heartbeat_stale_trial_callback=retry)
-    except Exception as exc:  # noqa: BLE001 - any driver, network or file error; its text may hold the URL
-        raise UsageError(f"storage: cannot open {shown} ({type(exc).__name__})") from None
-
-
-def heartbeat_journal(backend, interval: int, grace: int | None, callback):
-    """A JournalStorage with heartbeats. Optuna 5.0 implements heartbeats only for RDBStorage; this adds them
-    to the journal (a `heartbeat` timestamp in each running trial's system attrs), so study.optimize
-    fails stale trials and calls the retry callback the same way for both storages."""
-    from optuna.storages import JournalStorage
-    from optuna.storages._heartbeat import BaseHeartbeat
-    from optuna.trial import TrialState
-
-    class Journal(JournalStorage, BaseHeartbeat):
-        def __init__(self, backend, interval: int, grace: int | None, callback):
-            super().__init__(backend)
-            self.interval, self.grace, self.callback = interval, grace or 2 * interval, callback
-
-        def record_heartbeat(self, trial_id: int) -> None:
-            self.set_trial_system_attr(trial_id, "heartbeat", time.time())
-
-        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-            now, stale = time.time(), []
-            for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-                beat = trial.system_attrs.get("heartbeat")  # none yet: the worker died right after starting it
-                beat = beat if beat is not None else trial.datetime_start.timestamp()
-                if now - beat > self.grace:
-                    stale.append(trial._trial_id)
-            return stale
-
-        def get_heartbeat_interval(self) -> int:
-            return self.interval
-
-        def get_heartbeat_stale_trial_callback(self):
-            return self.callback
-
-    return Journal(backend, interval, grace, callback)
-
-
-def report_and_prune(trial, every: int):
-    """Evaluate every `every` steps, report the eval loss to the trial and stop it if the pruner says so."""
-    import optuna
-    from transformers import TrainerCallback
-
-    class ReportAndPrune(TrainerCallback):
-        pending = False
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step % every == 0 and state.global_step < state.max_steps:
-                control.should_evaluate = self.pending = True
-            return control
-
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            if not self.pending or not metrics or "eval_loss" not in metrics:
-                return  # the evaluations sft.train runs itself, before and after training
-            self.pending = False
-            trial.report(metrics["eval_loss"], state.global_step)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"eval loss {metrics['eval_loss']:.4f} at step {state.global_step} "
-                                         "is worse than the median of earlier trials")
-
-    return ReportAndPrune()
-
-
-def suggest(trial, name: str, spec: tuple) -> Any:
-    if spec[0] == "choices":
-        return trial.suggest_categorical(name, spec[1])
-    suggest_number = trial.suggest_int if spec[4] else trial.suggest_float
-    return suggest_number(name, spec[1], spec[2], log=spec[3])
-
-
-def frozen(study, number: int):
-    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+def load_with_eval(cfg: Config, token: str | None) -> sft_data.SFTData:
+    splits = sft_data.load(cfg, token)
+    if splits.eval is None:
+        raise UsageError("eval_split: the search minimizes the held-out eval loss; give an eval split "
+                         "(eval_split or eval_dataset_name)")
+    return splits
 
 
 def trial_output(cfg: Config, trial) -> tuple[Path, bool]:
     """trial-<number>, and whether it resumes: a retried trial takes over the newest complete checkpoint
     its failed attempt left (the attempt's worker is dead, so nothing else touches it)."""
     out = Path(cfg.output_dir) / f"trial-{trial.number}"
-    history = frozen(trial.study, trial.number).system_attrs.get("retry_history") or []
+    history = studies.trial_by_number(trial.study, trial.number).system_attrs.get("retry_history") or []
     previous = checkpoint.latest_complete(Path(cfg.output_dir) / f"trial-{history[-1]}") if history else None
     if previous is None or not cfg.resume:
         return out, False
@@ -299,7 +159,7 @@ def make_objective(cfg: Config, space: dict, splits, token, stop: StopOnSignal, 
         current["trial"] = trial.number
         seed = int(np.random.SeedSequence([cfg.sampler_seed, trial.number]).generate_state(1)[0])
         trial.study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.tpe_n_startup_trials)
-        params = {name: suggest(trial, name, spec) for name, spec in space.items()}
+        params = {name: studies.suggest(trial, name, spec) for name, spec in space.items()}
         trial.set_user_attr("worker", worker)
         if stop.agreed():
             raise Preempted(f"stopped before trial {trial.number} started")
@@ -307,8 +167,9 @@ def make_objective(cfg: Config, space: dict, splits, token, stop: StopOnSignal, 
         run_cfg = sft_config({**base, **params, "output_dir": str(out), "eval_answer_field": None,
                               "merge_adapter": False, "push_to_hub": False, "resume": resumed})
         log.info("trial %d: %s", trial.number, json.dumps(params))
-        metrics = sft.train(run_cfg, quiet_splits, token, stop, recipe="sft",
-                            callbacks=(report_and_prune(trial, cfg.eval_every_steps),))
+        run = sft.build(run_cfg, quiet_splits, token, stop, recipe="sft",
+                        callbacks=(studies.report_and_prune(trial, cfg.eval_every_steps),))
+        metrics = sft.save(run, sft.train(run))
         loss = metrics["eval_loss_after"]
         trial.report(loss, metrics["global_step"])
         if metrics.get("eval_loss_before") is not None:
@@ -355,52 +216,18 @@ def write_outputs(study, cfg: Config, shown: str, worker: str, mine: list[int], 
                   f"# Train it: launcher run recipes/sft --config {out / 'best_config.yaml'}\n")
         outputs.write_atomic(out / "best_config.yaml", configlib.dump_yaml(best_cfg, header))
     outputs.replace_atomically(out / "trials.csv", lambda path: study.trials_dataframe().to_csv(path, index=False))
-    metrics["plots"] = plots(study, out, len(done))
+    metrics["plots"] = studies.plots(study, out, len(done))
     outputs.write_metrics(metrics, out)
     outputs.save_resolved_config(cfg, out, "optuna")
     return metrics
 
 
-def plots(study, out: Path, completed: int) -> dict[str, str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as vis
-
-    made = {}
-    for name, plot, needs in (("optimization_history.png", vis.plot_optimization_history, 1),
-                              ("param_importances.png", vis.plot_param_importances, 2)):
-        if completed < needs:
-            made[name] = f"skipped: needs {needs} completed trials, the study has {completed}"
-            continue
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                axes = plot(study)
-            figure = axes.figure
-            figure.set_size_inches(8, 4.5)
-            outputs.replace_atomically(out / name, lambda path: figure.savefig(path, bbox_inches="tight"))
-            plt.close(figure)
-            made[name] = "written"
-        except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. no parameter varied yet
-            made[name] = f"skipped: {exc}"
-            log.warning("%s not written: %s", name, exc)
-    return made
-
-
 def main(cfg: Config, check_only: bool) -> None:
     # Validate: config (search space included), data and the storage reference, before any model loads.
-    process.setup_logging()
     if distributed.world_size() > 1:
         raise UsageError("the search is one process per worker: run it without --nproc/torchrun, and start "
                          "the command several times for several workers")
-    token = hub.token(cfg)
-    splits = sft_data.load(cfg, token)
-    if splits.eval is None:
-        raise UsageError("eval_split: the search minimizes the held-out eval loss; give an eval split "
-                         "(eval_split or eval_dataset_name)")
-    hub.check_reachable(cfg, token)
+    token, splits = entry.prepare(cfg, load_with_eval)
     space, _ = parse_space(cfg)
     if check_only:  # storage_secret is read where the job runs: its reference was checked with the config
         return
@@ -413,7 +240,7 @@ def main(cfg: Config, check_only: bool) -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     started = time.monotonic()
     stop = StopOnSignal()  # every trial stops on it too
-    storage = open_storage(cfg, url, shown)
+    storage = studies.open_storage(url, shown, cfg.heartbeat_interval, cfg.grace_period, cfg.max_retries)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_n_startup_trials,
                                           n_warmup_steps=cfg.pruner_n_warmup_steps)
               if cfg.prune else optuna.pruners.NopPruner())
@@ -458,7 +285,7 @@ def main(cfg: Config, check_only: bool) -> None:
                            catch=(MemoryError, torch.OutOfMemoryError))
     except Preempted:
         if current["trial"] is not None:
-            storage.get_heartbeat_stale_trial_callback()(study, frozen(study, current["trial"]))
+            storage.get_heartbeat_stale_trial_callback()(study, studies.trial_by_number(study, current["trial"]))
         raise
     m = write_outputs(study, cfg, shown, worker, mine, started_with, time.monotonic() - started)
     if stop.agreed():

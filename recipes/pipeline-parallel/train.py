@@ -27,8 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from recipekit import (checkpoint, distributed, entry, hub, loading, loop, models, optim, outputs, process, replicas,
-                       sft_data)
+from recipekit import checkpoint, distributed, entry, hub, loading, loop, models, optim, outputs, replicas, sft_data
 from recipekit.config import option
 from recipekit.errors import Preempted, UsageError
 from recipekit.preemption import StopOnSignal
@@ -71,10 +70,7 @@ class Config(SFTDataOptions, TrainingOptions, ModelOptions):
 
 def main(cfg: Config, check_only: bool) -> None:
     # Validate: config, data and the pipeline's shape, before any model weights are loaded.
-    process.setup_logging()
-    token = hub.token(cfg)
-    splits = sft_data.load(cfg, token)
-    hub.check_reachable(cfg, token)
+    token, splits = entry.prepare(cfg, sft_data.load)
     world = distributed.world_size()
     if cfg.schedule == "1f1b" and cfg.n_microbatches < world:
         raise UsageError(f"n_microbatches: the 1f1b schedule needs at least one microbatch per stage "

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recipekit import checkpoint, distributed, entry, hub, loading, loop, models, optim, outputs, process, sft_data
+from recipekit import checkpoint, distributed, entry, hub, loading, loop, models, optim, outputs, sft_data
 from recipekit.config import option
 from recipekit.errors import DataError, Preempted
 from recipekit.preemption import StopOnSignal
@@ -55,10 +55,7 @@ class Config(SFTDataOptions, TrainingOptions, ModelOptions):
 
 def main(cfg: Config, check_only: bool) -> None:
     # Validate: config and data are checked before any model is loaded.
-    process.setup_logging()
-    token = hub.token(cfg)
-    splits = sft_data.load(cfg, token)
-    hub.check_reachable(cfg, token)
+    token, splits = entry.prepare(cfg, sft_data.load)
     if check_only:
         return
     try:

@@ -4,8 +4,8 @@
     launcher run recipes/sft-zero2 --nproc 2 --set offload_optimizer=true
     torchrun --nproc_per_node 4 recipes/sft-zero2/train.py --config recipes/sft-zero2/config.yaml
 
-The training itself is the sft recipe's (same keys, data handling and outputs); this recipe adds
-the DeepSpeed engine. It is always launched by torchrun, never by the ssh-based `deepspeed`
+The training itself is the sft recipe's, recipekit.sft (same keys, data handling and outputs);
+this recipe adds the DeepSpeed engine. It is always launched by torchrun, never by the ssh-based `deepspeed`
 launcher, so it runs the same in a Kubernetes pod and under srun. `zero2.json` next to this file
 is the DeepSpeed config; its "auto" values are filled from the recipe config and the resolved
 copy is written to `<output_dir>/deepspeed_config.json`. Checkpoints are saved and resumed by
@@ -20,17 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from recipekit import deepspeed_ops, distributed, entry, hub, outputs, process, sft_data
+from recipekit import deepspeed_ops, distributed, entry, outputs, sft, sft_data
 from recipekit.config import option
 from recipekit.errors import UsageError
 from recipekit.preemption import StopOnSignal
 
-sft = entry.import_recipe(Path(__file__).resolve().parent.parent / "sft" / "train.py")
 ZERO_CONFIG = Path(__file__).resolve().with_name("zero2.json")
 
 
 @dataclass
-class Config(sft.Config):
+class Config(sft.Options):
     uses_deepspeed: ClassVar[bool] = True  # every other recipe runs with DeepSpeed left out of its imports
     offload_optimizer: bool = option(False, help="keep optimizer states in CPU memory (ZeRO-Offload)")
     zero_config: str = option(str(ZERO_CONFIG), help="DeepSpeed config; 'auto' values are filled from this config")
@@ -75,10 +74,7 @@ def deepspeed_config(cfg: Config) -> dict:
 
 def main(cfg: Config, check_only: bool) -> None:
     # Validate: config, data and the DeepSpeed file, before any model is loaded.
-    process.setup_logging()
-    token = hub.token(cfg)
-    splits = sft_data.load(cfg, token)
-    hub.check_reachable(cfg, token)
+    token, splits = entry.prepare(cfg, sft_data.load)
     ds = deepspeed_config(cfg)
     if check_only:
         return
@@ -93,7 +89,11 @@ def main(cfg: Config, check_only: bool) -> None:
     deepspeed_ops.prepare(ds)
     if distributed.is_main():
         outputs.write_atomic(Path(cfg.output_dir) / "deepspeed_config.json", json.dumps(ds, indent=2) + "\n")
-    sft.train(cfg, splits, token, StopOnSignal(), recipe="sft-zero2", deepspeed=ds)
+
+    # Build the trainer on the engine, train from the newest complete checkpoint, then evaluate and save.
+    run = sft.build(cfg, splits, token, StopOnSignal(), recipe="sft-zero2", deepspeed=ds)
+    metrics = sft.train(run)
+    sft.save(run, metrics)
 
 
 if __name__ == "__main__":

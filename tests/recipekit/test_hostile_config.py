@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recipekit import entry
+from tests.conftest import load_recipe
 
-SFT = entry.import_recipe(Path(__file__).resolve().parents[2] / "recipes" / "sft" / "train.py")
+SFT = load_recipe("sft")
 KEYS = [f.name for f in fields(SFT.Config)]
 
 scalars = st.one_of(

@@ -54,10 +54,9 @@ def test_bitsandbytes_is_left_out_only_where_no_quantized_model_can_load(library
 
 
 def test_a_search_that_may_sample_quantization_or_another_model_keeps_it(library_entries):
-    from recipekit.entry import import_recipe
-    from tests.conftest import REPO
+    from tests.conftest import load_recipe
 
-    search = import_recipe(REPO / "recipes" / "optuna" / "search.py")
+    search = load_recipe("optuna")
     for key, spec in (("load_in_4bit", {"choices": [False, True]}), ("model_name", {"choices": ["a", "b"]})):
         sys.modules.pop("bitsandbytes", None)
         process.leave_out_bitsandbytes(search.Config(model_name=models.TINY_MODEL, search_space={key: spec}))
@@ -67,11 +66,10 @@ def test_a_search_that_may_sample_quantization_or_another_model_keeps_it(library
 
 
 def test_deepspeed_is_left_out_unless_the_recipe_runs_it(library_entries):
-    from recipekit.entry import import_recipe
-    from tests.conftest import REPO
+    from tests.conftest import load_recipe
 
     for recipe, runs_deepspeed in (("sft", False), ("dpo", False), ("sft-zero2", True)):
         sys.modules.pop("deepspeed", None)
-        process.leave_out_deepspeed(import_recipe(REPO / "recipes" / recipe / "train.py").Config())
+        process.leave_out_deepspeed(load_recipe(recipe).Config())
         assert is_left_out("deepspeed") is not runs_deepspeed, recipe
     assert importlib.util.find_spec("deepspeed") is not None  # sft-zero2's process still finds it

@@ -11,12 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, TINY_SEQ_LENGTH, logged_losses, read_metrics, run_launcher
+from tests.conftest import REPO, TINY_SEQ_LENGTH, load_recipe, logged_losses, read_metrics, run_launcher
 
 pytestmark = pytest.mark.slow(minutes=2)  # trains real models; make test starts the longest first
-
-
-RECIPE = REPO / "recipes" / "pipeline-parallel" / "train.py"
 
 
 def launcher_args(output_dir: Path, tiny_model: str, small_hotel: dict, *extra: str, nproc: int = 2) -> list[str]:
@@ -41,9 +38,9 @@ def reference_first_step_loss(small_hotel: dict, seed: int, rows: int, seq_lengt
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from recipekit import entry, models, sft_data
+    from recipekit import models, sft_data
 
-    recipe = entry.import_recipe(RECIPE)
+    recipe = load_recipe("pipeline-parallel")
     path = models.resolve(models.TINY_MODEL)
     tokenizer = AutoTokenizer.from_pretrained(path)
     cfg = recipe.Config(seq_length=seq_length)
@@ -131,9 +128,9 @@ def export_eval_loss(model, tokenizer, eval_file: str, seq_length: int) -> float
     import datasets
     import torch
 
-    from recipekit import entry, sft_data
+    from recipekit import sft_data
 
-    cfg = entry.import_recipe(RECIPE).Config(seq_length=seq_length)
+    cfg = load_recipe("pipeline-parallel").Config(seq_length=seq_length)
     rows = sft_data.tokenize(datasets.load_dataset("json", data_files=eval_file, split="train"), tokenizer, cfg,
                              "chat").to_list()
     total, tokens = 0.0, 0
