@@ -27,8 +27,9 @@ import logging
 import types
 from typing import Any
 
+from recipekit.data import IGNORE_INDEX
+
 log = logging.getLogger(__name__)
-IGNORE_INDEX = -100  # label value the loss skips
 PATHS = ("plain_loss", "trained_positions", "document_attention", "frozen_prefix", "plain_lm_head",
          "cached_weight_casts")
 switched_off: set[str] = set()  # the benchmark's ablation rows switch single paths off (bench/ours.py)

@@ -4,13 +4,18 @@ A dataset name is one of:
 - an embedded dataset shipped with the project (``hotel``, ``hotel-handbook``, ``hotel-preferences``);
 - a local file (``.jsonl``/``.json``, ``.csv``, ``.parquet``) or a local dataset directory;
 - a dataset id on the Hugging Face Hub.
+
+Every recipe names its train and eval datasets with the keys of ``DatasetOptions`` and loads them
+with ``load_splits``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Optional
 
+from recipekit.config import option
 from recipekit.errors import DataError
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "datasets" / "hotel"
@@ -21,6 +26,64 @@ EMBEDDED = {
 }
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 SAMPLE_ROWS = 1000  # rows inspected per check: enough to catch a wrong column, cheap on huge datasets
+IGNORE_INDEX = -100  # label value the loss skips (prompt tokens, padding)
+
+
+def dataset_option(default: str):
+    """The ``dataset_name`` key, with the recipe's default dataset."""
+    return option(default, help="embedded dataset, local .jsonl/.csv/.parquet file or dir, or Hub dataset id")
+
+
+@dataclass
+class TrainDatasetOptions:
+    dataset_name: str = dataset_option("hotel")
+    dataset_split: str = option("train", help="split to train on")
+
+
+@dataclass
+class TextColumnOption(TrainDatasetOptions):
+    """The column of plain text (or chat messages) a recipe trains on; listed after DatasetOptions
+    among a recipe's bases, it sits between the train and the eval keys."""
+
+    dataset_text_field: str = option("text", help="column holding the raw text documents")
+
+
+@dataclass
+class DatasetOptions(TrainDatasetOptions):
+    """The train and eval datasets, as every recipe names them, and their checks. A recipe's data
+    options subclass it (redeclaring ``dataset_name = dataset_option(...)`` for their own default)."""
+
+    eval_dataset_name: Optional[str] = option(None, help="dataset for evaluation; null = dataset_name")
+    eval_split: Optional[str] = option("eval", help="split to evaluate on; null disables evaluation")
+
+    def check_data(self) -> list[str]:
+        problems = check_name("dataset_name", self.dataset_name)
+        if self.eval_dataset_name is not None:
+            problems += check_name("eval_dataset_name", self.eval_dataset_name)
+        return problems
+
+    def eval_dataset(self) -> str | None:
+        """The dataset to evaluate on; None where there is no eval split (null, or one local file)."""
+        name = self.eval_dataset_name or self.dataset_name
+        if self.eval_split is None or not (self.eval_dataset_name or has_split(name, self.eval_split)):
+            return None
+        return name
+
+
+def load_splits(opts: DatasetOptions, columns: dict[str, str], token: str | None,
+                prepare: Callable[[Any, str], Any] | None = None) -> tuple[Any, Any | None]:
+    """The train split and, where there is one, the eval split: each loaded, checked for rows and for
+    ``columns`` (config key -> column), then passed through ``prepare(rows, name)``, the recipe's own
+    checks and conversions. Every problem is a DataError naming its config key."""
+    def load(key: str, name: str, split: str):
+        rows = load_split(key, name, split, token)
+        require_rows(rows, key, name)
+        require_columns(rows, columns, name)  # names the key and lists the columns found
+        return rows if prepare is None else prepare(rows, name)
+
+    train = load("dataset_name", opts.dataset_name, opts.dataset_split)
+    eval_name = opts.eval_dataset()
+    return train, None if eval_name is None else load("eval_dataset_name", eval_name, opts.eval_split)
 
 
 def is_local_file(name: str) -> bool:

@@ -2,7 +2,7 @@
 stack, without importing it: seeding and the learning-rate schedules.
 
 ``transformers.optimization`` and ``transformers.trainer_utils`` import peft and bitsandbytes,
-about a second of CPU in every rank before its first step. The schedules here are the curves of
+CPU time in every rank before its first step (docs/benchmarks.md). The schedules here are the curves of
 ``transformers.get_scheduler`` for every ``lr_scheduler_type`` the config accepts (with its
 defaults: half a cosine, one hard restart, linear polynomial decay to 1e-7);
 tests/recipekit/test_loop.py compares them step by step.

@@ -13,29 +13,17 @@ from typing import Any, Optional
 
 from recipekit import data, distributed, evaluate, lora
 from recipekit.config import option
-
-IGNORE_INDEX = -100  # label value the loss skips (prompt tokens, padding)
+from recipekit.data import IGNORE_INDEX
 
 
 @dataclass
-class SFTDataOptions:
-    dataset_name: str = option("hotel", help="embedded dataset, local .jsonl/.csv/.parquet file or dir, "
-                               "or Hub dataset id")
-    dataset_split: str = option("train", help="split to train on")
+class SFTDataOptions(data.DatasetOptions, data.TextColumnOption):
     dataset_text_field: str = option("messages", help="column holding chat messages or plain text")
-    eval_dataset_name: Optional[str] = option(None, help="dataset for evaluation; null = dataset_name")
-    eval_split: Optional[str] = option("eval", help="split to evaluate on; null disables evaluation")
     eval_answer_field: Optional[str] = option("answer_key", help="eval column with a string the reply must "
                                               "contain (answer hit rate); null or absent = skip")
     eval_max_new_tokens: int = option(48, help="reply length for the answer hit rate", min=1, max=4096)
     seq_length: int = option(512, help="max tokens per example (longer ones are truncated)", min=8, max=1 << 20)
     packing: bool = option(True, help="padding-free batches: concatenate examples, no pad tokens")
-
-    def check_data(self) -> list[str]:
-        problems = data.check_name("dataset_name", self.dataset_name)
-        if self.eval_dataset_name is not None:
-            problems += data.check_name("eval_dataset_name", self.eval_dataset_name)
-        return problems
 
 
 @dataclass
@@ -47,21 +35,21 @@ class SFTData:
 
 
 def load(opts: SFTDataOptions, token: str | None) -> SFTData:
-    """Load and check the splits; every problem is a DataError naming the config key."""
-    train = data.load_split("dataset_name", opts.dataset_name, opts.dataset_split, token)
-    data.require_rows(train, "dataset_name", opts.dataset_name)
-    data.require_columns(train, {"dataset_text_field": opts.dataset_text_field}, opts.dataset_name)
-    kind = data.column_kind(train, opts.dataset_text_field)
-    check = data.require_chat_column if kind == "chat" else data.require_text_column
-    check(train, "dataset_text_field", opts.dataset_text_field, opts.dataset_name)
+    """Load and check the splits; every problem is a DataError naming the config key. The train split's
+    first row says whether the data is chat or text; the eval split must be the same."""
+    kinds: list[str] = []
 
-    eval_name = opts.eval_dataset_name or opts.dataset_name
-    if opts.eval_split is None or not (opts.eval_dataset_name or data.has_split(eval_name, opts.eval_split)):
+    def check_messages_or_text(rows, name: str):
+        kinds.append(kinds[0] if kinds else data.column_kind(rows, opts.dataset_text_field))
+        check = data.require_chat_column if kinds[0] == "chat" else data.require_text_column
+        check(rows, "dataset_text_field", opts.dataset_text_field, name)
+        return rows
+
+    train, evals = data.load_splits(opts, {"dataset_text_field": opts.dataset_text_field}, token,
+                                    check_messages_or_text)
+    kind = kinds[0]
+    if evals is None:
         return SFTData(train=train, kind=kind)
-    evals = data.load_split("eval_dataset_name", eval_name, opts.eval_split, token)
-    data.require_rows(evals, "eval_dataset_name", eval_name)
-    data.require_columns(evals, {"dataset_text_field": opts.dataset_text_field}, eval_name)
-    check(evals, "dataset_text_field", opts.dataset_text_field, eval_name)
     hit_rows = []
     if kind == "chat" and opts.eval_answer_field and opts.eval_answer_field in evals.column_names:
         hit_rows = evals.select_columns([opts.dataset_text_field, opts.eval_answer_field]).to_list()

@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from recipekit import checkpoint, data, distributed, entry, evaluate, hub, loading, lora, models, outputs, trainers
 from recipekit.config import option
@@ -37,13 +37,8 @@ PACK_GROUP = 1000  # documents concatenated per packing group (the remainder of 
 
 
 @dataclass
-class TextDataOptions:
-    dataset_name: str = option("hotel-handbook", help="embedded dataset, local .jsonl/.csv/.parquet file or dir, "
-                               "or Hub dataset id")
-    dataset_split: str = option("train", help="split to train on")
-    dataset_text_field: str = option("text", help="column holding the raw text documents")
-    eval_dataset_name: Optional[str] = option(None, help="dataset for evaluation; null = dataset_name")
-    eval_split: Optional[str] = option("eval", help="split to evaluate on; null disables evaluation")
+class TextDataOptions(data.DatasetOptions, data.TextColumnOption):
+    dataset_name: str = data.dataset_option("hotel-handbook")
     block_size: int = option(128, help="tokens per packed training/eval block", min=8, max=1 << 20)
     objective: Literal["clm", "mlm"] = option("clm", help="clm: next-token prediction (decoder models); "
                                               "mlm: masked-token prediction (encoder models with a mask token)")
@@ -55,10 +50,7 @@ class TextDataOptions:
 class Config(TextDataOptions, TrainingOptions, LoraOptions, ModelOptions):
     def check(self) -> list[str]:
         problems = self.check_model() + self.check_training()
-        problems += self.check_lora(quantized=self.load_in_4bit or self.load_in_8bit)
-        problems += data.check_name("dataset_name", self.dataset_name)
-        if self.eval_dataset_name is not None:
-            problems += data.check_name("eval_dataset_name", self.eval_dataset_name)
+        problems += self.check_lora(quantized=self.load_in_4bit or self.load_in_8bit) + self.check_data()
         if self.objective == "mlm" and (self.load_in_4bit or self.load_in_8bit):
             key = "load_in_8bit" if self.load_in_8bit else "load_in_4bit"
             problems.append(f"{key}: 4-bit/8-bit loading is supported with objective: clm only")
@@ -86,18 +78,13 @@ def main(cfg: Config, check_only: bool) -> None:
 
 def load_text(cfg: Config, token: str | None):
     """The train split and (when there is one) the eval split, with a non-empty text column."""
-    train_rows = data.load_split("dataset_name", cfg.dataset_name, cfg.dataset_split, token)
-    data.require_rows(train_rows, "dataset_name", cfg.dataset_name)
-    data.require_columns(train_rows, {"dataset_text_field": cfg.dataset_text_field}, cfg.dataset_name)
-    data.require_text_column(train_rows, "dataset_text_field", cfg.dataset_text_field, cfg.dataset_name)
-    eval_name = cfg.eval_dataset_name or cfg.dataset_name
-    if cfg.eval_split is None or not (cfg.eval_dataset_name or data.has_split(eval_name, cfg.eval_split)):
+    def check_text(rows, name: str):
+        data.require_text_column(rows, "dataset_text_field", cfg.dataset_text_field, name)
+        return rows
+
+    train_rows, eval_rows = data.load_splits(cfg, {"dataset_text_field": cfg.dataset_text_field}, token, check_text)
+    if eval_rows is None:
         log.warning("no eval split: held-out perplexity will not be measured")
-        return train_rows, None
-    eval_rows = data.load_split("eval_dataset_name", eval_name, cfg.eval_split, token)
-    data.require_rows(eval_rows, "eval_dataset_name", eval_name)
-    data.require_columns(eval_rows, {"dataset_text_field": cfg.dataset_text_field}, eval_name)
-    data.require_text_column(eval_rows, "dataset_text_field", cfg.dataset_text_field, eval_name)
     return train_rows, eval_rows
 
 

@@ -21,7 +21,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from recipekit import (checkpoint, cpu_speedups, data, distributed, entry, evaluate, hub, loading, lora, models,
                        outputs, trainers)
@@ -37,12 +37,8 @@ LossType = Literal["sigmoid", "ipo", "hinge", "sigmoid_norm", "bco_pair", "apo_z
 
 
 @dataclass
-class PreferenceDataOptions:
-    dataset_name: str = option("hotel-preferences", help="embedded dataset, local .jsonl/.csv/.parquet file or "
-                               "dir, or Hub dataset id")
-    dataset_split: str = option("train", help="split to train on")
-    eval_dataset_name: Optional[str] = option(None, help="dataset for evaluation; null = dataset_name")
-    eval_split: Optional[str] = option("eval", help="split to evaluate on; null disables evaluation")
+class PreferenceDataOptions(data.DatasetOptions):
+    dataset_name: str = data.dataset_option("hotel-preferences")
     prompt_field: str = option("prompt", help="column holding the prompt: a chat message list or a string")
     chosen_field: str = option("chosen", help="column holding the preferred completion (messages or a string)")
     rejected_field: str = option("rejected", help="column holding the dispreferred completion")
@@ -65,10 +61,7 @@ class DPOOptions:
 class Config(PreferenceDataOptions, DPOOptions, TrainingOptions, LoraOptions, ModelOptions):
     def check(self) -> list[str]:
         problems = self.check_model() + self.check_training()
-        problems += self.check_lora(quantized=self.load_in_4bit or self.load_in_8bit)
-        problems += data.check_name("dataset_name", self.dataset_name)
-        if self.eval_dataset_name is not None:
-            problems += data.check_name("eval_dataset_name", self.eval_dataset_name)
+        problems += self.check_lora(quantized=self.load_in_4bit or self.load_in_8bit) + self.check_data()
         seen: dict[str, str] = {}
         for key in ("prompt_field", "chosen_field", "rejected_field"):
             column = getattr(self, key)
@@ -103,28 +96,23 @@ def main(cfg: Config, check_only: bool) -> None:
 
 def load_pairs(cfg: Config, token: str | None) -> Pairs:
     """Train (and eval) pairs renamed to prompt/chosen/rejected; every problem names its config key."""
-    train_rows = load_checked("dataset_name", cfg.dataset_name, cfg.dataset_split, cfg, token)
-    kind = pair_format(train_rows, cfg, cfg.dataset_name)
-    eval_name = cfg.eval_dataset_name or cfg.dataset_name
-    if cfg.eval_split is None or not (cfg.eval_dataset_name or data.has_split(eval_name, cfg.eval_split)):
+    fields = {"prompt_field": cfg.prompt_field, "chosen_field": cfg.chosen_field, "rejected_field": cfg.rejected_field}
+    kinds: list[str] = []
+
+    def to_pairs(rows, name: str):
+        rows = rows.map(lambda row: {"prompt": row[cfg.prompt_field], "chosen": row[cfg.chosen_field],
+                                     "rejected": row[cfg.rejected_field]}, remove_columns=rows.column_names)
+        kinds.append(pair_format(rows, cfg, name))
+        if kinds[-1] != kinds[0]:
+            other = "plain-text" if kinds[0] == "chat" else "chat"
+            raise DataError(f"eval_dataset_name: {name!r} holds {other} pairs but {cfg.dataset_name!r} holds "
+                            f"{'chat' if kinds[0] == 'chat' else 'plain-text'} pairs; use one format for both")
+        return rows
+
+    train, evals = data.load_splits(cfg, fields, token, to_pairs)
+    if evals is None:
         log.warning("no eval split: held-out preference accuracy will not be measured")
-        return Pairs(train=train_rows, kind=kind)
-    eval_rows = load_checked("eval_dataset_name", eval_name, cfg.eval_split, cfg, token)
-    if pair_format(eval_rows, cfg, eval_name) != kind:
-        other = "plain-text" if kind == "chat" else "chat"
-        raise DataError(f"eval_dataset_name: {eval_name!r} holds {other} pairs but {cfg.dataset_name!r} holds "
-                        f"{'chat' if kind == 'chat' else 'plain-text'} pairs; use one format for both")
-    return Pairs(train=train_rows, eval=eval_rows, kind=kind)
-
-
-def load_checked(key: str, name: str, split: str, cfg: Config, token: str | None):
-    rows = data.load_split(key, name, split, token)
-    data.require_rows(rows, key, name)
-    fields = {"prompt_field": cfg.prompt_field, "chosen_field": cfg.chosen_field,
-              "rejected_field": cfg.rejected_field}
-    data.require_columns(rows, fields, name)  # names the key and lists the columns found
-    return rows.map(lambda row: {"prompt": row[cfg.prompt_field], "chosen": row[cfg.chosen_field],
-                                 "rejected": row[cfg.rejected_field]}, remove_columns=rows.column_names)
+    return Pairs(train=train, eval=evals, kind=kinds[0])
 
 
 def pair_format(rows, cfg: Config, name: str) -> str:

@@ -32,7 +32,8 @@ from recipekit.config import option
 from recipekit.errors import Preempted, UsageError
 from recipekit.preemption import StopOnSignal
 from recipekit.schema import ModelOptions, TrainingOptions
-from recipekit.sft_data import IGNORE_INDEX, SFTDataOptions
+from recipekit.data import IGNORE_INDEX
+from recipekit.sft_data import SFTDataOptions
 
 log = logging.getLogger("recipes.pipeline-parallel")
 RECIPE = "pipeline-parallel"

@@ -29,7 +29,8 @@ from recipekit.config import option
 from recipekit.errors import DataError, Preempted
 from recipekit.preemption import StopOnSignal
 from recipekit.schema import ModelOptions, TrainingOptions
-from recipekit.sft_data import IGNORE_INDEX, SFTDataOptions
+from recipekit.data import IGNORE_INDEX
+from recipekit.sft_data import SFTDataOptions
 
 log = logging.getLogger("recipes.sft-fsdp")
 RECIPE = "sft-fsdp"

@@ -77,3 +77,32 @@ def test_chat_rows_become_prompt_and_completion(tmp_path):
     dataset = data.load_split("d", write_jsonl(tmp_path / "c.jsonl", [{"messages": CHAT}]), "train")
     row = data.chat_to_prompt_completion(dataset, "messages")[0]
     assert row == {"prompt": CHAT[:1], "completion": CHAT[1:]}
+
+
+def test_the_eval_dataset_is_the_train_one_unless_named_and_absent_where_there_is_no_split(tmp_path):
+    single = write_jsonl(tmp_path / "one.jsonl", [{"text": "a"}])
+    assert data.DatasetOptions().eval_dataset() == "hotel"
+    assert data.DatasetOptions(eval_split=None).eval_dataset() is None
+    assert data.DatasetOptions(dataset_name=single).eval_dataset() is None  # one file has one split
+    assert data.DatasetOptions(dataset_name=single, eval_dataset_name=single).eval_dataset() == single
+    assert data.DatasetOptions(dataset_name=str(tmp_path / "gone.jsonl"), eval_dataset_name="").check_data() == [
+        f"dataset_name: file not found: {tmp_path / 'gone.jsonl'}", "eval_dataset_name: must not be empty"]
+
+
+def test_load_splits_checks_both_splits_and_names_the_key(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", [{"text": "a", "id": 1}, {"text": "b", "id": 2}])
+    evals = write_jsonl(tmp_path / "eval.jsonl", [{"body": "c"}])
+    seen = []
+
+    def prepare(rows, name):
+        seen.append(name)
+        return rows.select_columns(["text"])
+
+    opts = data.DatasetOptions(dataset_name=train, eval_dataset_name=train)
+    loaded, loaded_eval = data.load_splits(opts, {"dataset_text_field": "text"}, None, prepare)
+    assert loaded.column_names == ["text"] and len(loaded_eval) == 2 and seen == [train, train]
+    assert data.load_splits(data.DatasetOptions(dataset_name=train), {}, None)[1] is None
+    with pytest.raises(DataError) as info:
+        data.load_splits(data.DatasetOptions(dataset_name=train, eval_dataset_name=evals),
+                         {"dataset_text_field": "text"}, None)
+    assert info.value.problems == [f"dataset_text_field: column 'text' not found in {evals!r}; columns found: body"]

@@ -10,14 +10,6 @@ import pytest
 from recipekit.preemption import StopOnSignal
 
 
-@pytest.fixture
-def stop():
-    saved = {sig: signal.getsignal(sig) for sig in StopOnSignal.SIGNALS}
-    yield StopOnSignal()
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
-
-
 @pytest.mark.parametrize("sig", StopOnSignal.SIGNALS)
 def test_a_signal_is_agreed_on_and_stays_stopped(stop, sig):
     assert not stop.agreed() and not stop.stopped and stop.received is None

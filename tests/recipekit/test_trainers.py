@@ -13,16 +13,7 @@ import pytest
 
 from recipekit import checkpoint, trainers
 from recipekit.errors import Preempted
-from recipekit.preemption import StopOnSignal
 from recipekit.schema import TrainingOptions
-
-
-@pytest.fixture
-def stop():
-    saved = {sig: signal.getsignal(sig) for sig in StopOnSignal.SIGNALS}
-    yield StopOnSignal()
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 def tiny_lm(tiny_model):
