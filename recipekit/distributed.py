@@ -46,6 +46,18 @@ def any_rank(flag: bool) -> bool:
     return bool(value.item())
 
 
+def all_sum(*values: float) -> list[float]:
+    """Each value summed over every rank, in float64 (collective; the values themselves outside torch.distributed)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [float(v) for v in values]
+    tensor = torch.tensor(values, dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
 def init() -> "torch.device":
     """Join the process group torchrun describes (if any) and return this rank's device.
 

@@ -1,5 +1,5 @@
 """What a hand-written training loop (sft-fsdp, pipeline-parallel) takes from transformers' Trainer
-stack, without importing it: seeding and the learning-rate schedules.
+stack, without importing it: seeding, the learning-rate schedules and the causal-LM loss.
 
 ``transformers.optimization`` and ``transformers.trainer_utils`` import peft and bitsandbytes,
 CPU time in every rank before its first step (docs/benchmarks.md). The schedules here are the curves of
@@ -15,6 +15,7 @@ import math
 import random
 from typing import TYPE_CHECKING
 
+from recipekit.data import IGNORE_INDEX
 from recipekit.schema import POLYNOMIAL_LR_END
 
 if TYPE_CHECKING:
@@ -63,3 +64,16 @@ def scheduler(name: str, optimizer: torch.optim.Optimizer, warmup: int, total: i
 
     lr_init = optimizer.defaults["lr"]
     return LambdaLR(optimizer, functools.partial(lr_factor, name, warmup=warmup, total=total, lr_init=lr_init))
+
+
+def next_token_loss_sum(logits, labels):
+    """The sum of next-token cross-entropies over the labelled tokens (log-softmax in float32)."""
+    import torch.nn.functional as F
+
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX,
+                           reduction="sum")
+
+
+def label_tokens(labels) -> int:
+    """How many tokens ``next_token_loss_sum`` adds up."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())

@@ -100,6 +100,45 @@ def collate(rows: list[dict[str, list[int]]], pad_id: int, length: int | None = 
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+def pack_items(rows, opts: SFTDataOptions) -> list[dict[str, list[int]]]:
+    """Training units of tokenized rows for a hand-written loop: one example each, or (``packing``) whole
+    examples concatenated up to ``seq_length`` tokens.
+
+    Position ids restart at every example; with no attention mask the model then keeps attention
+    inside each example. An example's first token is never a target (it would be predicted from
+    the example before it).
+    """
+    items: list[dict[str, list[int]]] = []
+    for row in rows:
+        ids, labels = row["input_ids"], [IGNORE_INDEX] + row["labels"][1:]
+        if not ids:
+            continue
+        last = items[-1] if items else None
+        if opts.packing and last is not None and len(last["input_ids"]) + len(ids) <= opts.seq_length:
+            last["input_ids"] += ids
+            last["labels"] += labels
+            last["position_ids"] += list(range(len(ids)))
+        else:
+            items.append({"input_ids": list(ids), "labels": labels, "position_ids": list(range(len(ids)))})
+    return items
+
+
+def collate_items(items: list[dict], pad_id: int, device) -> dict[str, Any]:
+    """``pack_items`` items as right-padded tensors; the padding gets its own run of position ids so it
+    attends only to itself."""
+    import torch
+
+    batch = collate(items, pad_id)
+    width = batch["input_ids"].shape[1]
+    positions = torch.arange(width).repeat(len(items), 1)
+    for i, item in enumerate(items):
+        n = len(item["position_ids"])
+        positions[i, :n] = torch.tensor(item["position_ids"])
+        positions[i, n:] = torch.arange(width - n)
+    return {"input_ids": batch["input_ids"].to(device), "labels": batch["labels"].to(device),
+            "position_ids": positions.to(device)}
+
+
 def hit_rate(model, tokenizer, rows, opts: SFTDataOptions, model_opts, dtype, adapter: bool) -> float | None:
     """Answer hit rate on rank 0 (None elsewhere); ``adapter=False`` measures the base model."""
     if not rows or not distributed.is_main():

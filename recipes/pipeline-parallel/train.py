@@ -25,19 +25,18 @@ from typing import Literal, Optional
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
-from recipekit import checkpoint, distributed, entry, hub, loading, loop, models, optim, outputs, replicas, sft_data
+from recipekit import (checkpoint, distributed, entry, hub, loading, loop, models, optim, outputs, pipelining, replicas,
+                       sft_data)
 from recipekit.config import option
+from recipekit.data import IGNORE_INDEX
 from recipekit.errors import Preempted, UsageError
 from recipekit.preemption import StopOnSignal
 from recipekit.schema import ModelOptions, TrainingOptions
-from recipekit.data import IGNORE_INDEX
 from recipekit.sft_data import SFTDataOptions
 
 log = logging.getLogger("recipes.pipeline-parallel")
 RECIPE = "pipeline-parallel"
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3")  # decoders whose forward is embed → layers → norm → lm_head
 
 
 @dataclass
@@ -90,9 +89,9 @@ def check_model_shape(cfg: Config, model_path: str, token: str | None, world: in
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(model_path, token=token, trust_remote_code=cfg.trust_remote_code)
-    if config.model_type not in FAMILIES:
+    if config.model_type not in pipelining.FAMILIES:
         raise UsageError(f"model_name: {cfg.model_name} is a {config.model_type!r} model; this recipe splits "
-                         f"{', '.join(FAMILIES)} decoders")
+                         f"{', '.join(pipelining.FAMILIES)} decoders")
     layers = config.num_hidden_layers
     if world > layers:
         raise UsageError(f"model_name: {cfg.model_name} has {layers} decoder layers, fewer than the {world} "
@@ -103,77 +102,6 @@ def check_model_shape(cfg: Config, model_path: str, token: str | None, world: in
         raise UsageError("layer_lr_decay: per-parameter learning rates (layer_lr_decay, lr_multipliers) are not "
                          "supported when tied embeddings are split over several stages")
     return layers
-
-
-def split_layers(num_layers: int, stages: int, head_cost: float) -> list[int]:
-    """Contiguous layer counts per stage that minimise the slowest stage; the last also runs the LM head."""
-    @functools.cache
-    def solve(start: int, left: int) -> tuple[float, tuple[int, ...]]:
-        if left == 1:
-            return num_layers - start + head_cost, (num_layers - start,)
-        options = []
-        for take in range(1, num_layers - start - left + 2):
-            cost, rest = solve(start + take, left - 1)
-            options.append((max(float(take), cost), (take, *rest)))
-        return min(options)
-
-    return list(solve(0, stages)[1])
-
-
-def layer_types(config) -> list[str]:
-    kinds = getattr(config, "layer_types", None)
-    if kinds:
-        return list(kinds)
-    sliding = getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
-    return ["sliding_attention" if sliding else "full_attention"] * config.num_hidden_layers
-
-
-class Stage(torch.nn.Module):
-    """Layers [lo, hi) of a causal LM (plus embeddings / norm + LM head at the ends), named as in the full model."""
-
-    def __init__(self, lm, lo: int, hi: int, first: bool, last: bool, autocast_dtype=None):
-        super().__init__()
-        self.config, self.first, self.last, self.autocast_dtype = lm.config, first, last, autocast_dtype
-        self.model = torch.nn.Module()
-        if first:
-            self.model.embed_tokens = lm.model.embed_tokens
-        self.model.layers = torch.nn.ModuleDict({str(i): lm.model.layers[i] for i in range(lo, hi)})
-        self.model.rotary_emb = lm.model.rotary_emb  # each stage computes its own position embeddings
-        if last:
-            self.model.norm, self.lm_head = lm.model.norm, lm.lm_head
-        self.kinds = layer_types(lm.config)[lo:hi]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
-
-        make = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
-        with torch.autocast(x.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            h = self.model.embed_tokens(x) if self.first else x
-            positions = torch.arange(h.shape[1], device=h.device).unsqueeze(0)
-            # Right padding only: causal attention alone keeps real tokens from seeing the pads after them.
-            masks = {kind: make[kind](config=self.config, inputs_embeds=h, attention_mask=None,
-                                      past_key_values=None, position_ids=positions) for kind in set(self.kinds)}
-            rope = self.model.rotary_emb(h, position_ids=positions)
-            for kind, layer in zip(self.kinds, self.model.layers.values()):
-                h = layer(h, attention_mask=masks[kind], position_embeddings=rope, position_ids=positions)
-            return self.lm_head(self.model.norm(h)) if self.last else h
-
-
-class TokenMeanLoss:
-    """Cross entropy summed over a microbatch's label tokens, divided by the label tokens of the whole step,
-    so the microbatch losses add up to the step's token mean (the schedule runs with scale_grads=False)."""
-
-    def __init__(self):
-        self.denominator = 1.0
-
-    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        total = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
-                                ignore_index=IGNORE_INDEX, reduction="sum")
-        return total / self.denominator
-
-
-def label_tokens(labels: torch.Tensor) -> int:
-    return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
 def stream_indices(num_rows: int, seed: int, start: int, count: int) -> list[int]:
@@ -207,19 +135,19 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
     if cfg.gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=cfg.gradient_checkpointing_kwargs)
     tied = lm.lm_head.weight is lm.model.embed_tokens.weight
-    layer_params = sum(p.numel() for p in lm.model.layers[0].parameters())
-    counts = cfg.layers_per_stage or split_layers(num_layers, world, lm.lm_head.weight.numel() / layer_params)
+    head_cost = lm.lm_head.weight.numel() / sum(p.numel() for p in lm.model.layers[0].parameters())
+    counts = cfg.layers_per_stage or pipelining.split_layers(num_layers, world, head_cost)
     metrics["layers_per_stage"] = counts
     bounds = [sum(counts[:i]) for i in range(world + 1)]
     first, last = rank == 0, rank == world - 1
     autocast = torch.bfloat16 if cfg.bf16 else None
-    stage = Stage(lm, bounds[rank], bounds[rank + 1], first, last, autocast).to(device).train()
+    stage = pipelining.Stage(lm, bounds[rank], bounds[rank + 1], first, last, autocast).to(device).train()
     log.info("stages (decoder layers per rank): %s; rank %d holds layers %d-%d", counts, rank,
              bounds[rank], bounds[rank + 1] - 1)
     full_model = lm if distributed.is_main() else None  # rank 0 reassembles the trained model into it
     del lm
 
-    loss_fn = TokenMeanLoss()
+    loss_fn = pipelining.TokenMeanLoss()
     pipe = PipelineStage(stage, rank, world, device)
     schedule_cls = ScheduleGPipe if cfg.schedule == "gpipe" else Schedule1F1B
     schedule = schedule_cls(pipe, cfg.n_microbatches, loss_fn=loss_fn, scale_grads=False)
@@ -254,13 +182,11 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
                 losses: list = []
                 run_batch(batch, losses, backward=False)
                 total += sum(float(x.detach()) for x in losses)
-                tokens += label_tokens(batch["labels"])
+                tokens += loop.label_tokens(batch["labels"])
         return from_last_stage(float(total)) / max(tokens, 1)
 
     def from_last_stage(value: float) -> float:
-        buffer = torch.tensor([value if last else 0.0], dtype=torch.float64, device=device)
-        dist.all_reduce(buffer)
-        return float(buffer)
+        return distributed.all_sum(value if last else 0.0)[0]
 
     # Train, resuming from the newest complete checkpoint.
     state = {"global_step": 0, "samples_seen": 0, "log_history": []}
@@ -273,7 +199,7 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
     while step < total_steps:
         indices = stream_indices(len(train_rows), cfg.seed, state["samples_seen"], step_rows)
         batch = collate(train_rows.select(indices).to_list())
-        loss_fn.denominator = max(label_tokens(batch["labels"]), 1)
+        loss_fn.denominator = max(loop.label_tokens(batch["labels"]), 1)
         losses: list = []
         for part in range(cfg.gradient_accumulation_steps):
             rows, part_losses = slice(part * cfg.batch_size, (part + 1) * cfg.batch_size), []
@@ -281,7 +207,7 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
             losses += part_losses  # the schedule refills the list it is given on every call
         if tie_group is not None:
             dist.all_reduce((stage.model.embed_tokens if first else stage.lm_head).weight.grad, group=tie_group)
-        grad_norm = clip_global_grad_norm(owned, list(stage.parameters()), cfg.max_grad_norm, device)
+        grad_norm = pipelining.clip_global_grad_norm(owned, list(stage.parameters()), cfg.max_grad_norm, device)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
@@ -350,21 +276,6 @@ def hit_rate(lm, tokenizer, splits: sft_data.SFTData, cfg: Config, device) -> fl
                              adapter=False)
     lm.to("cpu").train()
     return rate
-
-
-def clip_global_grad_norm(owned: list, params: list, max_norm: float, device) -> float:
-    """The gradient norm over every stage (an all-reduce of squared sums); scale all grads down to max_norm."""
-    squares = torch.zeros((), dtype=torch.float64, device=device)
-    for p in owned:
-        if p.grad is not None:
-            squares += p.grad.detach().double().pow(2).sum()
-    dist.all_reduce(squares)
-    norm = float(squares.sqrt())
-    if max_norm > 0 and norm > max_norm:
-        for p in params:
-            if p.grad is not None:
-                p.grad.mul_(max_norm / (norm + 1e-6))
-    return norm
 
 
 def save_checkpoint(cfg: Config, state: dict, stage, optimizer, scheduler, rank: int, counts: list[int]) -> None:

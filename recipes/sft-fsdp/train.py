@@ -65,44 +65,7 @@ def main(cfg: Config, check_only: bool) -> None:
         distributed.shutdown()
 
 
-# --- data: token blocks and a world-size independent order -------------------------------------------------
-
-def to_items(rows, cfg: Config) -> list[dict[str, list[int]]]:
-    """Training units: one example each, or (packing) whole examples concatenated up to seq_length tokens.
-
-    Position ids restart at every example; with no attention mask the model then keeps attention
-    inside each example. An example's first token is never a target (it would be predicted from
-    the example before it).
-    """
-    items: list[dict[str, list[int]]] = []
-    for row in rows:
-        ids, labels = row["input_ids"], [IGNORE_INDEX] + row["labels"][1:]
-        if not ids:
-            continue
-        last = items[-1] if items else None
-        if cfg.packing and last is not None and len(last["input_ids"]) + len(ids) <= cfg.seq_length:
-            last["input_ids"] += ids
-            last["labels"] += labels
-            last["position_ids"] += list(range(len(ids)))
-        else:
-            items.append({"input_ids": list(ids), "labels": labels, "position_ids": list(range(len(ids)))})
-    return items
-
-
-def make_batch(items: list[dict], pad_id: int, device) -> dict[str, Any]:
-    """Right-padded tensors; the padding gets its own run of position ids so it attends only to itself."""
-    import torch
-
-    batch = sft_data.collate(items, pad_id)
-    width = batch["input_ids"].shape[1]
-    positions = torch.arange(width).repeat(len(items), 1)
-    for i, item in enumerate(items):
-        n = len(item["position_ids"])
-        positions[i, :n] = torch.tensor(item["position_ids"])
-        positions[i, n:] = torch.arange(width - n)
-    return {"input_ids": batch["input_ids"].to(device), "labels": batch["labels"].to(device),
-            "position_ids": positions.to(device)}
-
+# --- data: a world-size independent order ---------------------------------------------------------------
 
 def rank_batches(num_items: int, cfg: Config, epoch: int, position: int) -> list[list[int]]:
     """This rank's micro-batches for the rest of ``epoch``, starting at ``position`` of the epoch's order.
@@ -156,21 +119,8 @@ def shard(model, cfg: Config, device):
 
 
 def summed_loss(model, batch):
-    """Sum of next-token cross-entropies over the labelled tokens (fp32 log-softmax)."""
-    import torch.nn.functional as F
-
     logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
-
-
-def all_sum(*values: float) -> list[float]:
-    import torch
-    import torch.distributed as dist
-
-    tensor = torch.tensor(values, dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(tensor)
-    return tensor.tolist()
+    return loop.next_token_loss_sum(logits, batch["labels"])
 
 
 def eval_loss(model, items, cfg: Config, pad_id: int, device) -> float:
@@ -184,11 +134,11 @@ def eval_loss(model, items, cfg: Config, pad_id: int, device) -> float:
     model.eval()
     with torch.no_grad():
         for start in range(0, len(mine), cfg.batch_size):
-            batch = make_batch(mine[start:start + cfg.batch_size], pad_id, device)
+            batch = sft_data.collate_items(mine[start:start + cfg.batch_size], pad_id, device)
             total += summed_loss(model, batch).item()
-            count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            count += loop.label_tokens(batch["labels"])
     model.train()
-    total, count = all_sum(total, count)
+    total, count = distributed.all_sum(total, count)
     return total / max(count, 1)
 
 
@@ -277,7 +227,7 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOn
     ws, model_path = distributed.world_size(), models.resolve(cfg.model_name)
     tokenizer = loading.load_tokenizer(model_path, cfg, token)
     with distributed.main_first():  # rank 0 tokenizes (and fills the datasets cache) first
-        train_items, eval_items = [to_items(sft_data.tokenize(split, tokenizer, cfg, splits.kind), cfg)
+        train_items, eval_items = [sft_data.pack_items(sft_data.tokenize(split, tokenizer, cfg, splits.kind), cfg)
                                    if split is not None else [] for split in (splits.train, splits.eval)]
     if not train_items:
         raise DataError(f"dataset_text_field: no tokens in column {cfg.dataset_text_field!r} of {cfg.dataset_name!r}")
@@ -317,8 +267,8 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOn
             continue
         for start in range(0, len(batches), cfg.gradient_accumulation_steps):
             group = batches[start:start + cfg.gradient_accumulation_steps]
-            micro = [make_batch([train_items[i] for i in ids], pad_id, device) for ids in group]
-            (tokens,) = all_sum(sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro))
+            micro = [sft_data.collate_items([train_items[i] for i in ids], pad_id, device) for ids in group]
+            (tokens,) = distributed.all_sum(sum(loop.label_tokens(b["labels"]) for b in micro))
             step_loss = 0.0
             for k, batch in enumerate(micro):
                 model.set_requires_gradient_sync(k == len(micro) - 1)
@@ -330,7 +280,7 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOn
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            (loss_sum,) = all_sum(step_loss)
+            (loss_sum,) = distributed.all_sum(step_loss)
             run_losses.append(loss_sum / max(tokens, 1))
             window.append(run_losses[-1])
             last_in_epoch = start + cfg.gradient_accumulation_steps >= len(batches)

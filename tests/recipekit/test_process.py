@@ -1,4 +1,4 @@
-"""recipekit.process: which processes import bitsandbytes and DeepSpeed (recipe runs on the tiny model go without them)."""
+"""recipekit.process: which processes import bitsandbytes and DeepSpeed (tiny-model runs go without them)."""
 
 from __future__ import annotations
 

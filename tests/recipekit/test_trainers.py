@@ -41,15 +41,15 @@ def make_trainer(out, model, stop, callbacks=(), **options):
 
 
 def test_checkpoints_are_staged_published_complete_and_pruned(tmp_path, tiny_model, stop):
-    trainer = make_trainer(tmp_path, tiny_lm(tiny_model), stop, max_steps=5, save_steps=2, save_total_limit=2)
+    trainer = make_trainer(tmp_path, tiny_lm(tiny_model), stop, max_steps=3, save_steps=2, save_total_limit=1)
     metrics = trainer.train_from(None, evaluate_first=False)
-    assert metrics["global_step"] == 5 and metrics["replicas_checked_at_steps"] == []  # one process: no replicas
+    assert metrics["global_step"] == 3 and metrics["replicas_checked_at_steps"] == []  # one process: no replicas
     found = [(step, done) for step, _, done in checkpoint.checkpoints(tmp_path)]
-    assert found == [(4, True), (5, True)]  # steps 2, 4 and the last; the newest 2 kept
-    assert (tmp_path / "checkpoint-5" / "trainer_state.json").is_file() and not (tmp_path / ".staging").exists()
+    assert found == [(3, True)]  # saved at step 2 and at the last step; the newest one kept
+    assert (tmp_path / "checkpoint-3" / "trainer_state.json").is_file() and not (tmp_path / ".staging").exists()
 
-    resumed = make_trainer(tmp_path, tiny_lm(tiny_model), stop, max_steps=6, save_steps=2)
-    assert resumed.train_from(checkpoint.resume_point(resumed.recipe_options), False)["global_step"] == 6
+    resumed = make_trainer(tmp_path, tiny_lm(tiny_model), stop, max_steps=4, save_steps=10)
+    assert resumed.train_from(checkpoint.resume_point(resumed.recipe_options), False)["global_step"] == 4
 
 
 def test_a_signal_saves_and_stops_at_the_next_step(tmp_path, tiny_model, stop):
