@@ -66,3 +66,14 @@ def test_a_refused_check_prints_its_error_and_nothing_on_stdout(tmp_path):
 def test_the_process_skips_the_interpreters_last_garbage_collections(tmp_path):
     for name in ("x", "bad"):  # whether it exits 0 or 2
         assert "frozen at exit: 1" in run_check(tmp_path, "--set", f"name={name}").stderr
+
+
+def test_prepare_reads_the_data_before_asking_the_hub(monkeypatch):
+    from recipekit import entry, hub
+    from recipekit.schema import TrainingOptions
+
+    calls = []
+    monkeypatch.setattr(hub, "token", lambda cfg: calls.append("token") or "tok")
+    monkeypatch.setattr(hub, "check_reachable", lambda cfg, token: calls.append(f"hub {token}"))
+    token, data = entry.prepare(TrainingOptions(), lambda cfg, token: calls.append(f"data {token}") or [1, 2])
+    assert (token, data) == ("tok", [1, 2]) and calls == ["token", "data tok", "hub tok"]
