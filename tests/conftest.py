@@ -24,9 +24,21 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def pytest_collection_modifyitems(items):
-    """Longest modules first (``slow(minutes=N)``), so the parallel workers finish together instead of
-    one of them ending on a long module while the others idle."""
+def pytest_addoption(parser):
+    parser.addoption("--images", action="store_true",
+                     help="run only the tests inside the built CPU image (make test-images); without it they are left out")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``--images`` selects the tests that need the built image, and only those (``make test-images``);
+    ``make test`` leaves them out. Then the longest modules first (``slow(minutes=N)``), so the
+    parallel workers finish together instead of one of them ending on a long module while the others idle."""
+    wanted = config.getoption("--images")
+    chosen = [item for item in items if (item.get_closest_marker("image") is not None) == wanted]
+    if len(chosen) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in chosen])
+        items[:] = chosen
+
     def minutes(item) -> float:
         mark = item.get_closest_marker("slow")
         return 0 if mark is None else mark.kwargs.get("minutes", 1)
