@@ -103,15 +103,21 @@ def logical_lines(text: str) -> list[tuple[int, str]]:
 
 
 def parse(path: Path = DOCKERFILE) -> dict[str, Stage]:
+    """The stages by name; a FROM's base is the default of the global ARG it names, if it names one."""
     stages: dict[str, Stage] = {}
     stage = None
+    global_args: dict[str, str] = {}
     for number, line in logical_lines(path.read_text(encoding="utf-8")):
         keyword, _, rest = line.partition(" ")
         keyword = keyword.upper()
         if keyword == "FROM":
             words = rest.split()
             name = words[2] if len(words) == 3 and words[1].upper() == "AS" else f"stage-{len(stages)}"
-            stage = stages[name] = Stage(name, words[0])
+            stage = stages[name] = Stage(name, expand(words[0], global_args))
+            continue
+        if stage is None and keyword == "ARG":
+            arg, _, default = rest.partition("=")
+            global_args[arg.strip()] = default.strip()
             continue
         assert stage is not None, f"{path}:{number}: {keyword} before the first FROM"
         stage.instructions.append(Instruction(keyword, rest.strip(), number))

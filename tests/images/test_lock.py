@@ -119,7 +119,7 @@ def test_final_images_install_nothing_themselves():
     for target, build in dockerfile.FINAL_STAGES.items():
         stage = STAGES[target]
         assert dockerfile.pip_installs(stage) == [], f"{target} installs packages outside its build stage"
-        assert any(i.words() == [f"--from={build}", "/opt/ft-recipes", "/opt/ft-recipes"]
+        assert any(i.words() == [f"--from={build}", "/opt/ft-recipes/.venv", "/opt/ft-recipes/.venv"]
                    for i in stage.all("COPY")), f"{target} takes the venv from {build}"
 
 
