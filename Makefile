@@ -11,11 +11,12 @@ DEMO_OUTPUT ?= outputs/demo
 # xdist's own (modules with the most tests first), which left the few long ones for the end.
 TEST_WORKERS ?= 3
 
-.PHONY: help venv demo test test-gpu lock clean images bench
+.PHONY: help venv demo test test-images test-gpu lock clean images bench
 
 help:
 	@echo "make demo      fine-tune the embedded SmolLM2 on the hotel data (CPU, a few minutes)"
 	@echo "make test      run the test suite (unit tests + CPU smoke runs of the recipes)"
+	@echo "make test-images  build the CPU image and run the recipes and the rendered pods in it (podman)"
 	@echo "make test-gpu  run the recipe smoke tests on a CUDA GPU (bf16)"
 	@echo "make bench     tokens/s, time to first step, peak memory of the sft recipe vs trl sft (docs/benchmarks.md)"
 	@echo "make lock      re-resolve requirements.lock / requirements-dev.lock"
@@ -51,6 +52,11 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
+# Builds the CPU image (images/build.sh, cached layers reused) and runs tests/images' tests marked
+# `image` in it: the recipes under a hardened runtime, and the pods of the rendered jobs.
+test-images: venv
+	$(BIN)/python -m pytest -q --images tests/images
 
 test-gpu: venv
 	RECIPES_TEST_DEVICE=cuda $(BIN)/python -m pytest -q -m "gpu"
