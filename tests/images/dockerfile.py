@@ -65,22 +65,63 @@ class Stage:
         return workdirs[-1].text.strip() if workdirs else "/"
 
     def runs(self) -> list[list[str]]:
-        """Every simple command of every RUN, as words (leading VAR=value assignments dropped)."""
+        """Every simple command of every RUN, as words (leading VAR=value assignments dropped); a call of
+        images/install.sh is replaced by the commands of its step."""
         commands = []
         for instruction in self.all("RUN"):
-            lexer = shlex.shlex(instruction.text, posix=True, punctuation_chars=";&|")
-            lexer.whitespace_split = True
-            words: list[str] = []
-            for word in [*lexer, ";"]:
-                if word not in ("&&", "||", ";", "|"):
-                    words.append(word)
-                    continue
-                while words and re.fullmatch(r"\w+=.*", words[0]):
-                    words.pop(0)
-                if words:
+            for words in simple_commands(instruction.text):
+                if words[0] == INSTALL_SCRIPT_IN_IMAGE:
+                    commands += install_step(words[1], words[2:])
+                else:
                     commands.append(words)
-                words = []
         return commands
+
+
+def simple_commands(text: str) -> list[list[str]]:
+    """A shell command line's simple commands, as words (leading VAR=value assignments dropped)."""
+    lexer = shlex.shlex(text, posix=True, punctuation_chars=";&|")
+    lexer.whitespace_split = True
+    commands, words = [], []
+    for word in [*lexer, ";"]:
+        if word not in ("&&", "||", ";", "|"):
+            words.append(word)
+            continue
+        while words and re.fullmatch(r"\w+=.*", words[0]):
+            words.pop(0)
+        if words:
+            commands.append(words)
+        words = []
+    return commands
+
+
+INSTALL_SCRIPT = REPO / "images" / "install.sh"
+INSTALL_SCRIPT_IN_IMAGE = "images/install.sh"  # run from the WORKDIR, which holds images/
+
+
+@functools.cache
+def install_steps() -> dict[str, tuple[str, ...]]:
+    """images/install.sh's steps: the command lines of each ``name)`` branch of its ``case``."""
+    steps: dict[str, list[str]] = {}
+    current = None
+    for _, line in logical_lines(INSTALL_SCRIPT.read_text(encoding="utf-8")):
+        if match := re.fullmatch(r"(\w+)\)", line):
+            current = steps.setdefault(match[1], [])
+        elif line == ";;":
+            current = None
+        elif current is not None:
+            current.append(line)
+    return {name: tuple(lines) for name, lines in steps.items()}
+
+
+def install_step(step: str, args: list[str]) -> list[list[str]]:
+    """The commands ``images/install.sh STEP ARGS`` runs, its positional parameters filled in."""
+    assert step in install_steps(), f"images/install.sh has no step {step!r}"
+    commands = []
+    for line in install_steps()[step]:
+        line = line.replace('"$@"', " ".join(shlex.quote(a) for a in args))
+        line = re.sub(r"\$(\d)", lambda m: args[int(m[1]) - 1] if int(m[1]) <= len(args) else "", line)
+        commands += simple_commands(line)
+    return commands
 
 
 def logical_lines(text: str) -> list[tuple[int, str]]:
