@@ -151,7 +151,7 @@ def try_model(output: str, prompts: tuple[str, ...], max_new_tokens: int) -> Non
 
 # The choices are the backends' own (tests/launcher/test_cli.py holds them equal), written out so
 # that parsing the command line imports no backend.
-CONTAINERS = ("none", "apptainer", "singularity", "enroot")
+CONTAINERS = ("none", "apptainer", "singularity", "enroot", "oci")
 APIS = ("pytorchjob", "trainjob")
 CLEAN_POD_POLICIES = ("Running", "All", "None")
 K8S_OPTIONS = [
@@ -208,7 +208,8 @@ def job_options(command):
         click.option("--time", help="time limit: MINUTES, HH:MM:SS or DAYS-HH:MM:SS (k8s: the job's deadline)"),
         click.option("--cpus-per-task", type=int, help="CPUs per node for its processes (k8s: the pods' CPU request)"),
         click.option("--container", type=click.Choice(CONTAINERS), help="Slurm: how the nodes run the code"),
-        click.option("--image", help="Slurm: apptainer .sif file, or enroot/pyxis image; k8s: container image"),
+        click.option("--image", help="Slurm: apptainer .sif file, enroot/pyxis image or OCI bundle directory; "
+                     "k8s: container image"),
         click.option("--mount", "mounts", multiple=True, metavar="SRC[:DST]", help="Slurm: bind mount (repeatable)"),
         click.option("--workdir", help="Slurm: the dir holding recipes/ on the nodes  [default: this checkout]"),
         click.option("--venv", help="Slurm, container none: virtualenv to activate on the nodes"),

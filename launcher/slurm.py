@@ -35,7 +35,7 @@ from launcher.recipes import REPO_ROOT
 TEMPLATES = REPO_ROOT / "slurm"
 TEMPLATE = "job.sbatch.j2"
 SCRIPT_NAME = "job.sbatch"
-CONTAINERS = ("none", "apptainer", "singularity", "enroot")
+CONTAINERS = ("none", "apptainer", "singularity", "enroot", "oci")
 CONFIG_END = "FT_RECIPES_CONFIG"  # ends the resolved config's here-document in the job script
 SBATCH = "#SBATCH lines"
 _SLURM_WORDS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*(,[A-Za-z0-9][A-Za-z0-9_.+-]*)*")
@@ -75,7 +75,7 @@ class SlurmOptions:
     time: str | None = option(check=check_time)               # MINUTES, HH:MM:SS or DAYS-HH:MM:SS
     cpus_per_task: int | None = option(check=check_cpus)      # CPUs for each node's task (all its processes)
     container: str = option("none", check=one_of(CONTAINERS))
-    mounts: tuple[str, ...] = option((), check=check_mounts)  # SRC[:DST] bind mounts into the container
+    mounts: tuple[str, ...] = option((), check=check_mounts)  # SRC[:DST] bind mounts (oci: the bundle's own)
     workdir: str | None = option(check=check_workdir)         # the dir holding recipes/ on the nodes
     venv: str | None = option(check=optional_string)          # container none: a virtualenv to activate
     modules: tuple[str, ...] = option((), check=check_modules)  # container none: environment modules
@@ -141,7 +141,7 @@ def request(app: AppSpec, opts: SlurmOptions) -> SlurmRequest:
     if CONFIG_END in config.splitlines():
         raise FieldError("config", f"a line of the resolved config may not be exactly {CONFIG_END}")
     mounts = opts.mounts
-    if opts.container != "none" and not any(
+    if opts.container not in ("none", "oci") and not any(
             (app.output_dir + "/").startswith(m.split(":")[0].rstrip("/") + "/") for m in mounts):
         mounts += (app.output_dir,)  # the job's config and outputs, at the same path inside
     job = SlurmRequest(app, opts, opts.workdir or str(REPO_ROOT), mounts)
@@ -177,11 +177,14 @@ class SlurmBackend:
         if opts.workdir is None:
             check_path("workdir", str(REPO_ROOT), SBATCH)  # the default: this checkout
         if opts.container == "none" and draft.image is not None:
-            raise FieldError("image", "is only used with container apptainer, singularity or enroot")
+            raise FieldError("image", "is only used with container apptainer, singularity, enroot or oci")
         if opts.container != "none" and not draft.image:
             raise FieldError("image", f"is required with container {opts.container}")
         if draft.image is not None:
             not_an_option("image", draft.image)
+        if opts.container == "oci" and opts.mounts:
+            raise FieldError("mounts", "with container oci, the bundle's config.json mounts what the job needs "
+                                       "(images/oci_bundle.py --mount); drop mounts")
         return dataclasses.replace(draft, job_name=name, output_dir=output_dir), []
 
     def dryrun(self, app: AppSpec, opts: SlurmOptions) -> SlurmRequest:

@@ -9,6 +9,9 @@
 # munge key and socket, slurm.conf, state, spool and logs. Nothing under /etc is touched, so point
 # the Slurm commands at it with:  export SLURM_CONF=<dir>/slurm.conf
 #
+# With FT_SLURM_OCI_RUNTIME set to an OCI runtime (runc, crun), `srun --container=<bundle>` works
+# too (Slurm's own container support, configured in <dir>/oci.conf; launcher's `container: oci`).
+#
 # Needs root and Debian's slurm-wlm + munge (apt-get install slurm-wlm munge). Both "nodes" are
 # this host (NodeAddr 127.0.0.1, one slurmd per node name on its own port), so every job sees the
 # same filesystem, as on a cluster with a shared one. Accounting is off: use squeue/scontrol.
@@ -67,6 +70,16 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
 }
 
+write_oci_conf() {  # Slurm's container support: this runtime runs each step's bundle
+  local runtime=$1 root=$DIR/oci-state
+  cat >"$DIR/oci.conf" <<EOF
+RunTimeQuery="$runtime --root=$root state %n.%u.%j.%s.%t"
+RunTimeRun="$runtime --root=$root run %n.%u.%j.%s.%t -b %b"
+RunTimeKill="$runtime --root=$root kill -a %n.%u.%j.%s.%t"
+RunTimeDelete="$runtime --root=$root delete --force %n.%u.%j.%s.%t"
+EOF
+}
+
 start_munge() {
   running "$DIR/run/munged.pid" && return
   mkdir -p "$DIR/munge" "$DIR/munge-socket"
@@ -101,6 +114,8 @@ start() {
   start_munge
   if ! running "$DIR/run/slurmctld.pid"; then
     write_conf
+    rm -f "$DIR/oci.conf"
+    [ -z "${FT_SLURM_OCI_RUNTIME:-}" ] || write_oci_conf "$FT_SLURM_OCI_RUNTIME"
     slurmctld -i
   fi
   local node

@@ -87,6 +87,12 @@ def environment() -> dict[str, str]:
     return {"CONTAINERS_CONF": str(conf)}
 
 
+def oci_runtime() -> str:
+    """The OCI runtime command for Slurm's oci.conf: runc, or the shim next to the CONTAINERS_CONF where needed."""
+    conf = environment().get("CONTAINERS_CONF")
+    return str(Path(conf).with_name("runc")) if conf else shutil.which("runc")
+
+
 def podman(*args: str, check: bool = True, timeout: float = 900, **kwargs) -> subprocess.CompletedProcess:
     """``podman ARGS`` with this machine's environment, output captured as text."""
     result = subprocess.run(["podman", *args], env={**os.environ, **environment()}, capture_output=True,

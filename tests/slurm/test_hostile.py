@@ -65,7 +65,7 @@ def jobs(draw, job_dir: str = "/shared/out/sft"):
         cpus_per_task=draw(st.one_of(st.none(), st.integers(1, 64))),
         container=container,
         image=draw(hostile.filter(bool)) if container != "none" else None,
-        mounts=tuple(draw(st.lists(hostile, max_size=3))),
+        mounts=tuple(draw(st.lists(hostile, max_size=3))) if container != "oci" else (),  # oci: the bundle's
         modules=tuple(draw(st.lists(hostile, max_size=2))) if container == "none" else (),
         env=draw(st.dictionaries(st.one_of(st.from_regex(r"[A-Z_][A-Z0-9_]{0,8}", fullmatch=True), hostile),
                                  hostile, max_size=3)),
@@ -237,8 +237,13 @@ def test_every_value_arrives_literally_when_the_script_runs(data, stub_bin, tmp_
         for mount in request.mounts:
             expected += ["--bind", mount]
         assert args[:len(expected) + 3] == [*expected, "--pwd", request.workdir, app.image]
-    if opts.container != "none":
-        assert app.output_dir in request.mounts or any(app.output_dir.startswith(m + "/") for m in opts.mounts)
+    if opts.container == "oci":
+        assert f"--container={app.image}" in srun_args
+        assert srun_args[srun_args.index(f"--container={app.image}") + 1] == \
+            "--export=" + (",".join(sorted(app.env)) or "NONE")
+    elif opts.container != "none":  # the job dir is mounted, or lies under a mount ("/" included)
+        assert app.output_dir in request.mounts or any(
+            (app.output_dir + "/").startswith(m.split(":")[0].rstrip("/") + "/") for m in opts.mounts)
     if opts.modules:
         assert read_args(stubs / "module.args") == ["load", *opts.modules]
     if opts.venv:
