@@ -21,8 +21,8 @@ _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RESERVED_ENV = {"_", "IFS", "ENV", "SHELLOPTS", "PS4", "UID", "EUID", "PPID", "SHLVL", "RANDOM", "SRANDOM",
                 "SECONDS", "LINENO", "PWD", "OLDPWD", "FUNCNAME", "GROUPS", "DIRSTACK", "PIPESTATUS", "HISTCMD",
                 "EPOCHSECONDS", "EPOCHREALTIME", "OPTIND", "OPTARG", "job_dir", "config", "config_tmp",
-                "max_retries", "attempt", "head_node", "head_addr", "rdzv_port", "preempted", "ignore_usr1",
-                "step", "code"}
+                "max_retries", "max_continuations", "attempts", "counted", "head_node", "head_addr", "rdzv_port",
+                "stopped", "step", "code", "kind", "why"}
 _TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")
 
 
@@ -63,6 +63,11 @@ def check_int(name: str, value: Any, low: int, high: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise FieldError(name, f"must be an integer from {low} to {high}, got {shown(value)}")
     return value
+
+
+def optional_count(name: str, value: Any) -> int | None:
+    """A count that may be left unset (null: no limit)."""
+    return None if value is None else check_int(name, value, 0, 1_000_000)
 
 
 def check_cpus(name: str, value: Any) -> int | None:

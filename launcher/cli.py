@@ -218,7 +218,9 @@ def job_options(command):
         click.option("--output-root", help="Slurm: jobs write to OUTPUT_ROOT/JOB_NAME (on a shared filesystem)"),
         click.option("--env", "env", multiple=True, metavar="NAME=VALUE", help="export in the job (repeatable)"),
         click.option("--signal-lead", type=int, help="Slurm: seconds before the time limit to checkpoint and requeue"),
-        click.option("--max-retries", type=int, help="Slurm: requeues after a preemption or a killed node"),
+        click.option("--max-retries", type=int, help="Slurm: requeues after failures (a process killed, ranks lost)"),
+        click.option("--max-continuations", type=int,
+                     help="Slurm: requeues after a time limit or a preemption  [default: no limit]"),
         *K8S_OPTIONS,
     ]
     for option in reversed(options):

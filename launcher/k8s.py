@@ -182,11 +182,11 @@ class K8sJob:
 
     @property
     def command(self) -> list[str]:
-        """The container's command. Training: torchrun under an exit-code keeper (launcher/k8s_torchrun.py),
+        """The container's command. Training: torchrun under an exit-code keeper (launcher.keeper.py),
         which takes the rendezvous from the operator's PET_* env like plain torchrun; search: python."""
         if self.app.is_search:
             return ["python", self.app.entry, "--config", CONFIG_FILE]
-        return ["python", "-m", "launcher.k8s_torchrun", self.app.entry, "--config", CONFIG_FILE]
+        return ["python", "-m", "launcher.keeper", self.app.entry, "--config", CONFIG_FILE]
 
     @property
     def env(self) -> list[dict[str, Any]]:

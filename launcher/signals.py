@@ -30,17 +30,19 @@ def children(pid: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def forwarded(proc: subprocess.Popen, to_workers: bool) -> Iterator[list[int]]:
+def forwarded(proc: subprocess.Popen, to_workers: bool, before_workers: int | None = None) -> Iterator[list[int]]:
     """While inside, SIGTERM/SIGUSR1 sent to this process go to ``proc``: with ``to_workers`` (``proc``
-    is a torchrun agent) to its children, or to ``proc`` itself while it has none. Yields the list
-    of signals forwarded so far; the previous handlers are back afterwards."""
+    is a torchrun agent) to its children, or to ``proc`` itself while it has none (as
+    ``before_workers``, if given: a signal the agent acts on). Yields the list of signals forwarded
+    so far; the previous handlers are back afterwards."""
     received: list[int] = []
 
     def forward(signum, frame):
         received.append(signum)
-        for pid in (children(proc.pid) if to_workers else []) or [proc.pid]:
+        workers = children(proc.pid) if to_workers else []
+        for pid in workers or [proc.pid]:
             try:
-                os.kill(pid, signum)
+                os.kill(pid, signum if workers or before_workers is None else before_workers)
             except ProcessLookupError:
                 pass
 

@@ -27,7 +27,8 @@ from launcher import slurm_client
 from launcher.appspec import AppSpec, check_config_text
 from launcher.backend import Notice
 from launcher.checks import (absolute, check_cpus, check_name, check_path, check_strings, check_time, int_from,
-                             no_nul, not_an_option, one_of, optional_string, shown, time_seconds)
+                             no_nul, not_an_option, one_of, optional_count, optional_string, shown,
+                             time_seconds)
 from launcher.errors import FieldError
 from launcher.options import option
 from launcher.recipes import REPO_ROOT
@@ -81,7 +82,8 @@ class SlurmOptions:
     modules: tuple[str, ...] = option((), check=check_modules)  # container none: environment modules
     output_root: str = option("outputs/slurm", check=no_nul)  # jobs write to <output_root>/<job name>/
     signal_lead: int = option(300, check=int_from(1, 86400))   # USR1 this long before the time limit
-    max_retries: int = option(3, check=int_from(0, 100))       # requeues after a preemption or a killed node
+    max_retries: int = option(3, check=int_from(0, 100))       # requeues after failures (killed, ranks lost)
+    max_continuations: int | None = option(check=optional_count)  # requeues after a time limit or preemption
 
     def __post_init__(self):
         limit = time_seconds(self.time) if self.time is not None else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -102,3 +103,18 @@ def shutdown() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# What gloo's and NCCL's errors say when the other end of a collective went away or timed out.
+_PEER_FAILURE = ("connection closed by peer", "connection reset by peer", "broken pipe", "connection refused",
+                 "timed out", "nccl communicator was aborted", "ncclremoteerror", "ncclsystemerror",
+                 "remote worker crashing", "socket timeout")
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says that another rank, the store or the communication backend failed, rather than this
+    process: torch.distributed's own error types, or a RuntimeError with the words gloo and NCCL use."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    return isinstance(exc, RuntimeError) and any(words in str(exc).lower() for words in _PEER_FAILURE)

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from recipekit import config as configlib
-from recipekit import hub, process
-from recipekit.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_USAGE, Preempted,
-                              ReplicasDiverged, UsageError)
+from recipekit import distributed, hub, process
+from recipekit.errors import (EXIT_FAILED, EXIT_INFRASTRUCTURE, EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_USAGE,
+                              Preempted, ReplicasDiverged, UsageError)
 from recipekit.schema import ModelOptions
 
 
@@ -83,6 +83,13 @@ def run(main: Callable[[Any, bool], None], config_cls: type, description: str, r
         sys.exit(EXIT_FAILED)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # noqa: BLE001 - only a failure of the other ranks is mapped; anything else re-raises
+        if not distributed.is_peer_failure(exc):
+            raise
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: rank {distributed.rank()}: lost the other ranks ({type(exc).__name__}: {one_line(text)[:300]}); "
+              f"exiting with {EXIT_INFRASTRUCTURE} so the scheduler retries and resumes", file=sys.stderr)
+        sys.exit(EXIT_INFRASTRUCTURE)
 
 
 Data = TypeVar("Data")

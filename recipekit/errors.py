@@ -7,8 +7,10 @@ Kubeflow ``restartPolicy: ExitCode`` convention: 1-127 are permanent, 128-255 ar
 EXIT_OK = 0
 EXIT_FAILED = 1  # an unexpected error (traceback printed): permanent, a retry would fail the same way
 EXIT_USAGE = 2  # invalid config or data: permanent, fix the input
+EXIT_RETRIES_USED = 3  # infrastructure kept failing until the job's retry budget was spent: permanent
 EXIT_PREEMPTED = 143  # stopped by SIGTERM/SIGUSR1 after saving a checkpoint: retry, it resumes (128 + SIGTERM)
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_INFRASTRUCTURE = 170  # another rank, the rendezvous or the communication backend failed: retry, it resumes
 
 
 class UsageError(Exception):

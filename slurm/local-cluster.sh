@@ -9,8 +9,9 @@
 # munge key and socket, slurm.conf, state, spool and logs. Nothing under /etc is touched, so point
 # the Slurm commands at it with:  export SLURM_CONF=<dir>/slurm.conf
 #
-# With FT_SLURM_OCI_RUNTIME set to an OCI runtime (runc, crun), `srun --container=<bundle>` works
-# too (Slurm's own container support, configured in <dir>/oci.conf; launcher's `container: oci`).
+# FT_SLURM_CPUS sets the CPUs each node offers (default: the cores). With FT_SLURM_OCI_RUNTIME set
+# to an OCI runtime (runc, crun), `srun --container=<bundle>` works too: Slurm's own container
+# support, configured in <dir>/oci.conf (the launcher's `container: oci`).
 #
 # Needs root and Debian's slurm-wlm + munge (apt-get install slurm-wlm munge). Both "nodes" are
 # this host (NodeAddr 127.0.0.1, one slurmd per node name on its own port), so every job sees the
@@ -31,7 +32,7 @@ running() {  # running PIDFILE: the daemon recorded in PIDFILE is alive
 
 write_conf() {
   local cpus host
-  cpus=$(nproc)
+  cpus=${FT_SLURM_CPUS:-$(nproc)}  # what each node offers Slurm; more than the cores lets more small jobs share them
   host=$(hostname -s)
   cat >"$CONF" <<EOF
 # Written by slurm/local-cluster.sh: two slurmd on one host.

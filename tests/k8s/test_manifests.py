@@ -71,7 +71,7 @@ def assert_contract(config_map: dict, job: dict, *, nodes: int, gpus: int, entry
             assert replica["restartPolicy"] == "ExitCode"
             (container,) = replica["template"]["spec"]["containers"]
             assert container["name"] == "pytorch" and container["workingDir"] == "/opt/ft-recipes"
-            assert container["command"] == ["python", "-m", "launcher.k8s_torchrun", entry, *command]
+            assert container["command"] == ["python", "-m", "launcher.keeper", entry, *command]
             assert container["resources"]["limits"]["nvidia.com/gpu"] == str(gpus)
     elif job["kind"] == "TrainJob":
         trainer = job["spec"]["trainer"]

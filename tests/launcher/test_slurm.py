@@ -54,7 +54,7 @@ def test_render_prints_a_complete_sbatch_script(tmp_path):
                  f"#SBATCH --output={tmp_path}/sft-zero2/slurm-%j.out", "#SBATCH --signal=B:USR1@300",
                  "#SBATCH --requeue", "learning_rate: 0.0001"]:
         assert line + "\n" in script, line
-    assert ("torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d \\\n"
+    assert ("python -m launcher.keeper --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d \\\n"
             '  --rdzv_endpoint "$head_addr:$rdzv_port" --rdzv_id "$SLURM_JOB_ID" \\\n'
             '  recipes/sft-zero2/train.py --config "$config" &\n') in script
     assert not (tmp_path / "sft-zero2").exists()  # rendering writes nothing
@@ -168,6 +168,6 @@ def test_a_job_without_a_container_runs_in_the_workdir_with_its_venv_and_modules
 def test_a_search_recipe_is_a_job_array_of_python_workers(tmp_path):
     text = script({"output_root": str(tmp_path)}, "optuna", workers=3)
     assert "#SBATCH --array=0-2\n" in text and f"#SBATCH --output={tmp_path}/optuna/slurm-%A_%a.out\n" in text
-    assert "  python recipes/optuna/search.py --config \"$config\" &\n" in text and "torchrun --nnodes" not in text
+    assert "  python recipes/optuna/search.py --config \"$config\" &\n" in text and "launcher.keeper" not in text
 
 

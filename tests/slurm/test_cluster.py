@@ -2,11 +2,18 @@
 
 - sft on 2 nodes x 1 process (CPU, gloo) with the tiny model evaluates, then trains with both
   nodes holding the same weights after every step, runs to the end, and its outputs load;
-- the same job, sent USR1 mid-training, checkpoints, requeues itself, resumes from that
-  checkpoint and ends at the same step as the uninterrupted job, with every step trained once;
+- the same job, preempted by SIGTERM alone (as Slurm preempts: the tasks and the batch shell get it),
+  checkpoints, requeues itself, resumes from that checkpoint and ends at the same step as the
+  uninterrupted job, with every step trained once;
+- the failure contract (launcher/keeper.py, README "Exit codes"): a training worker killed with
+  SIGKILL, in a one-node and in a two-node job, makes the job requeue, resume and complete, the
+  log saying which exit code and why; a worker killed at every attempt stops the job after
+  max_retries, FAILED; a time limit far shorter than the training is passed through time-limit
+  continuations that leave the failure budget untouched;
 - a search recipe with --workers 3 becomes a job array whose workers share the output dir.
 
-Both training jobs are submitted at once (each takes one CPU per node), so they run side by side.
+The jobs are submitted at once: the test cluster's nodes offer 4 CPUs each (on 2 cores), and a
+job takes one per node, so they run side by side.
 """
 
 from __future__ import annotations
@@ -23,9 +30,10 @@ from tests.conftest import REPO, TINY_SEQ_LENGTH, read_metrics, run_launcher
 
 # Real jobs, mostly waiting on the cluster, so make test starts them first; its workers split the
 # suite by file, so one worker runs them all against one cluster.
-pytestmark = pytest.mark.slow(minutes=4)
+pytestmark = pytest.mark.slow(minutes=6)
 
 STEPS = 24
+TIME_LIMITED_STEPS = 300  # at half a second a step: more than three 1-minute attempts can train
 TINY = ["eval_answer_field=null", "bf16=false", "batch_size=2", f"seq_length={TINY_SEQ_LENGTH}", "logging_steps=1",
         "save_steps=4", "save_total_limit=null", f"max_steps={STEPS}", "replica_check_steps=1"]
 
@@ -67,30 +75,84 @@ def log_of(job_id: str) -> str:
 
 
 def preempt_when(job_id: str, ready, errors: list) -> None:
-    """``launcher cancel --preempt`` (USR1 to the job's batch shell) once ``ready()``."""
+    """SIGTERM as Slurm's preemption sends it, once ``ready()``: to the tasks of the job's steps and to its
+    batch shell (not to the shell's children: srun would end the step on it)."""
     try:
         deadline = time.monotonic() + 900
         while not ready():
             assert time.monotonic() < deadline, "no checkpoint before the deadline"
             time.sleep(0.05)
-        result = run_launcher("cancel", "--preempt", job_id)
-        assert result.returncode == 0, result.stderr
+        for where in ([], ["--batch"]):
+            result = subprocess.run(["scancel", "--signal=TERM", *where, job_id], capture_output=True, text=True)
+            assert result.returncode == 0, result.stderr
     except Exception as exc:  # noqa: BLE001 - reported by the test that joins this thread
         errors.append(exc)
 
 
+# On PYTHONPATH in a job's env, this runs in its training processes: the worker of rank
+# SABOTAGE_RANK kills itself with SIGKILL after optimizer step SABOTAGE_STEP (once per job with
+# SABOTAGE_ONCE naming a marker file), and with SABOTAGE_SLEEP every optimizer step takes that long.
+SABOTAGE = """
+import os
+
+if "LOCAL_RANK" in os.environ and ("SABOTAGE_RANK" in os.environ or "SABOTAGE_SLEEP" in os.environ):
+    import signal, time
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    steps = [0]
+
+    def sabotage(optimizer, args, kwargs):
+        steps[0] += 1
+        time.sleep(float(os.environ.get("SABOTAGE_SLEEP", "0")))
+        if os.environ.get("RANK") != os.environ.get("SABOTAGE_RANK") or steps[0] != int(os.environ.get("SABOTAGE_STEP", 0)):
+            return
+        once = os.environ.get("SABOTAGE_ONCE")
+        if once:
+            if os.path.exists(once):
+                return
+            open(once, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    register_optimizer_step_post_hook(sabotage)
+"""
+
+
+def submit_sabotaged(name: str, root: Path, tiny_model: str, small_hotel: dict, nodes: int, nproc: int,
+                     env: dict[str, str], *extra: str) -> str:
+    site = root / "sabotage"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(SABOTAGE)
+    sets = [f"model_name={tiny_model}", f"dataset_name={small_hotel['train']}", "eval_split=null",
+            *TINY[:-2], "max_steps=8", "save_steps=2"]
+    envs = {"PYTHONPATH": str(site), **env}
+    return submit("recipes/sft", "--profile", "local", "--nodes", str(nodes), "--nproc-per-node", str(nproc),
+                  "--job-name", name, "--output-root", str(root),
+                  *[arg for key, value in envs.items() for arg in ("--env", f"{key}={value}")],
+                  *[arg for item in sets for arg in ("--set", item)], *extra)  # extra: the last word
+
+
 @pytest.fixture(scope="module")
 def training_jobs(slurm_cluster, tmp_path_factory, tiny_model, small_hotel):
-    """Two identical sft jobs; the second is preempted after its first checkpoint."""
+    """Two identical sft jobs, the second preempted after its first checkpoint; and the failure-contract jobs."""
     root = tmp_path_factory.mktemp("slurm-out")
-    plain = submit_training("plain", root, tiny_model, small_hotel)
-    preempted = submit_training("preempted", root, tiny_model, small_hotel)
+    jobs = {"plain": submit_training("plain", root, tiny_model, small_hotel),
+            "preempted": submit_training("preempted", root, tiny_model, small_hotel)}
+    kill = {"SABOTAGE_RANK": "1", "SABOTAGE_STEP": "3"}
+    jobs["killed-1node"] = submit_sabotaged("killed-1node", root, tiny_model, small_hotel, 1, 2,
+                                            {**kill, "SABOTAGE_ONCE": str(root / "killed-1node.once")})
+    jobs["killed-2nodes"] = submit_sabotaged("killed-2nodes", root, tiny_model, small_hotel, 2, 1,
+                                             {**kill, "SABOTAGE_ONCE": str(root / "killed-2nodes.once")})
+    jobs["killed-always"] = submit_sabotaged("killed-always", root, tiny_model, small_hotel, 1, 2, kill,
+                                             "--max-retries", "1")
+    jobs["time-limited"] = submit_sabotaged("time-limited", root, tiny_model, small_hotel, 1, 1,
+                                            {"SABOTAGE_SLEEP": "0.5"}, "--time", "1", "--signal-lead", "30",
+                                            "--set", f"max_steps={TIME_LIMITED_STEPS}", "--set", "save_steps=10000")
     errors: list = []
     ready = lambda: (root / "preempted" / "checkpoint-4" / "COMPLETE").exists()  # noqa: E731
-    watcher = threading.Thread(target=preempt_when, args=(preempted, ready, errors), daemon=True)
+    watcher = threading.Thread(target=preempt_when, args=(jobs["preempted"], ready, errors), daemon=True)
     watcher.start()
-    yield {"root": root, "plain": plain, "preempted": preempted, "watcher": watcher, "errors": errors}
-    subprocess.run(["scancel", plain, preempted])
+    yield {"root": root, **jobs, "watcher": watcher, "errors": errors}
+    subprocess.run(["scancel", *jobs.values()])
 
 
 def test_sft_runs_on_two_nodes_in_sync_and_its_outputs_load(training_jobs):
@@ -132,14 +194,16 @@ def test_preempted_job_checkpoints_requeues_and_resumes_without_losing_a_step(tr
     assert job["JobState"] == "COMPLETED", log[-4000:]
     assert job["Restarts"] == "1"
 
-    # USR1 reached the training processes on both nodes (not only torchrun), which saved a
-    # checkpoint at the step they were in and exited 143; the job requeued itself.
-    assert log.count("received SIGUSR1") == 2, log[-4000:]
+    # SIGTERM reached the training processes on both nodes, and torchrun's agent did not stop them
+    # first: they saved a checkpoint at the step they were in and exited 143; the job requeued itself
+    # as a continuation, which uses none of the failure budget.
+    assert log.count("received SIGTERM") == 2, log[-4000:]
     stops = set(re.findall(r"stopped: checkpoint saved at step (\d+); exiting with 143", log))
     assert len(stops) == 1, log[-4000:]
     stopped_at = int(stops.pop())
     assert 4 <= stopped_at < STEPS
-    assert "== requeueing (retry 1 of 3)" in log and "attempt 2" in log
+    assert "exit code 143: stopped after a checkpoint (TERM)" in log
+    assert "== requeueing (continuation 1)" in log and "attempt 2 (0 failed, 1 continued)" in log
 
     # The rerun resumed from exactly that checkpoint and ended where the uninterrupted job did.
     metrics = read_metrics(out)
@@ -151,6 +215,53 @@ def test_preempted_job_checkpoints_requeues_and_resumes_without_losing_a_step(tr
     losses = [row["loss"] for row in metrics["log_history"] if "loss" in row]
     plain_losses = [row["loss"] for row in plain["log_history"] if "loss" in row]
     assert losses == pytest.approx(plain_losses, rel=1e-3)
+
+
+def attempts_of(out: Path) -> list[list[str]]:
+    """(kind, exit code) of each attempt, from the job's attempts.log."""
+    return [line.split()[:2] for line in (out / "attempts.log").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("name", ["killed-1node", "killed-2nodes"])
+def test_a_killed_worker_requeues_the_job_which_resumes_and_completes(training_jobs, name):
+    job_id, out = training_jobs[name], training_jobs["root"] / name
+    (job,) = wait_done(job_id)
+    log = log_of(job_id)
+    assert job["JobState"] == "COMPLETED" and job["Restarts"] == "1", log[-4000:]
+    assert "keeper: worker rank 1 exited with 137 (killed by SIGKILL; retried)" in log, log[-4000:]
+    assert re.search(r"== training step ended with exit code (137|170|143): a ", log), log[-4000:]
+    assert "== requeueing (failure 1)" in log
+    kinds = attempts_of(out)
+    assert [kind for kind, _ in kinds] == ["failure", "finished"], kinds
+    metrics = read_metrics(out)
+    assert metrics["global_step"] == 8 and metrics["resumed_from"] == str(out / "checkpoint-2")
+
+
+def test_a_worker_killed_at_every_attempt_stops_the_job_after_max_retries(training_jobs):
+    job_id, out = training_jobs["killed-always"], training_jobs["root"] / "killed-always"
+    (job,) = wait_done(job_id)
+    log = log_of(job_id)
+    assert job["JobState"] == "FAILED" and job["ExitCode"] == "3:0", log[-4000:]
+    assert job["Restarts"] == "1"  # max_retries 1: one requeue, then no more
+    assert "== not requeued: the job failed 2 times and max_retries is 1" in log, log[-4000:]
+    assert attempts_of(out) == [["failure", "137"], ["failure", "137"]]
+    assert not (out / "model").exists()
+
+
+def test_a_time_limit_far_shorter_than_the_training_is_passed_by_continuations(training_jobs):
+    job_id, out = training_jobs["time-limited"], training_jobs["root"] / "time-limited"
+    (job,) = wait_done(job_id, timeout=1200)
+    log = log_of(job_id)
+    assert job["JobState"] == "COMPLETED", log[-4000:]
+    kinds = attempts_of(out)
+    assert len(kinds) >= 4 and kinds[-1] == ["finished", "0"], kinds
+    assert all(kind == ["continuation", "143"] for kind in kinds[:-1]), kinds
+    assert "USR1: asking the training processes to checkpoint and stop" in log
+    assert "0 failed" in log.split("== job")[-1]  # the last attempt still had its whole failure budget
+    metrics = read_metrics(out)
+    assert metrics["global_step"] == TIME_LIMITED_STEPS
+    steps = [row["step"] for row in metrics["log_history"] if "loss" in row]
+    assert steps == list(range(1, TIME_LIMITED_STEPS + 1))  # every step trained once across the attempts
 
 
 FAKE_SEARCH = '''"""A stand-in search recipe: every worker appends to one journal in the shared output dir."""

@@ -210,20 +210,19 @@ def test_every_value_arrives_literally_when_the_script_runs(data, stub_bin, tmp_
         assume(False)
     stubs = run_script(request.text, stub_bin, work)
     app, opts = request.app, request.opts
-    program = "python" if app.is_search else "torchrun"
 
     # The config file next to the outputs is the resolved config, byte for byte.
     assert Path(request.config_path).read_text(encoding="utf-8") == text
     # The exported environment arrives unchanged in the training processes.
-    seen = dict(item.split("=", 1) for item in read_args(stubs / f"{program}.env") if "=" in item)
+    seen = dict(item.split("=", 1) for item in read_args(stubs / "python.env") if "=" in item)
     for key, value in app.env.items():
         assert seen.get(key) == value, key
-    # torchrun/python get exactly the command line every backend runs.
-    program_args = read_args(stubs / f"{program}.args")
-    if program == "torchrun":
-        assert program_args == ["--nnodes", str(app.nodes), "--nproc_per_node", str(app.nproc_per_node),
-                                "--rdzv_backend", "c10d", "--rdzv_endpoint", "10.1.2.3:20042", "--rdzv_id", "42",
-                                app.entry, "--config", request.config_path]
+    # The keeper (torchrun's arguments) or the search recipe gets exactly the command line every backend runs.
+    program_args = read_args(stubs / "python.args")
+    if not app.is_search:
+        assert program_args == ["-m", "launcher.keeper", "--nnodes", str(app.nodes), "--nproc_per_node",
+                                str(app.nproc_per_node), "--rdzv_backend", "c10d", "--rdzv_endpoint",
+                                "10.1.2.3:15042", "--rdzv_id", "42", app.entry, "--config", request.config_path]
     else:
         assert program_args == [app.entry, "--config", request.config_path]
     srun_args = read_args(stubs / "srun.args")
@@ -248,9 +247,6 @@ def test_every_value_arrives_literally_when_the_script_runs(data, stub_bin, tmp_
         assert read_args(stubs / "module.args") == ["load", *opts.modules]
     if opts.venv:
         assert (stubs / "venv-activated").exists()
-    # The agent (and so the workers until they install a handler) starts with USR1 ignored.
-    sigign = int((stubs / f"{program}.sigign").read_text(), 16)
-    assert sigign & (1 << (10 - 1))
     assert not list(work.glob("pwned")) and not list(Path(app.output_dir).glob("pwned"))
 
 
@@ -303,6 +299,7 @@ def test_the_template_quotes_every_value_outside_the_sbatch_block():
     source = (slurm.TEMPLATES / slurm.TEMPLATE).read_text()
     allowed_bare = {"app.config_text", "config_end", "app.nodes", "app.nproc_per_node", "app.gpus_per_node",
                     "opts.cpus_per_task", "app.workers", "app.workers - 1", "opts.max_retries", "opts.signal_lead",
+                    "opts.max_continuations",
                     "opts.container", "app.recipe.name", "app.profile", "app.output_dir", "key"}
     for line in source.splitlines():
         for expr in re.findall(r"{{(.*?)}}", line):
@@ -331,7 +328,7 @@ def test_stub_harness_sees_a_missing_quote(stub_bin, tmp_path):
     request = dryrun(job, {"workdir": str(tmp_path), "env": {"SPACED": "a b"}}, "seed: 1\n")
     script = request.text.replace("export SPACED='a b'", "export SPACED=a b")
     stubs = run_script(script, stub_bin, tmp_path)
-    seen = dict(item.split("=", 1) for item in read_args(stubs / "torchrun.env") if "=" in item)
+    seen = dict(item.split("=", 1) for item in read_args(stubs / "python.env") if "=" in item)
     assert seen.get("SPACED") != "a b"
 
 

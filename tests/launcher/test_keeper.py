@@ -1,0 +1,121 @@
+"""launcher/keeper.py: every training node's command exits with the contract's code, not torchrun's 1.
+
+Run as a pod or a Slurm step runs it (python -m launcher.keeper SCRIPT ..., the rendezvous from the
+PET_* env), with 2 local workers of a stand-in script that exits with a chosen code, or waits and
+turns SIGTERM into 143 as the recipes do.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from launcher.attempts import FILE
+from launcher.keeper import exit_code
+from tests.conftest import REPO
+
+WORKER = """
+import os, signal, sys, time
+def stop(signum, frame):
+    print(f"rank {os.environ['RANK']} checkpointed after signal {signum}", flush=True)
+    sys.exit(143)
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGUSR1, stop)
+code = int(os.environ["WORKER_EXIT"].split(",")[int(os.environ["RANK"])])
+if code < 0:
+    os.kill(os.getpid(), -code)
+if code == 999:
+    print("ready", flush=True)
+    time.sleep(60)
+sys.exit(code)
+"""
+
+
+def keeper(tmp_path, codes: str, **env: str) -> subprocess.Popen:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "WORKER_EXIT": codes, "PET_NNODES": "1", "PET_NPROC_PER_NODE": "2", "PET_NODE_RANK": "0",
+           "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", **env}
+    return subprocess.Popen([sys.executable, "-m", "launcher.keeper", str(script)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def wait_ready(proc: subprocess.Popen) -> None:
+    """Until both workers said "ready" (counted as words: two writes can share a line)."""
+    seen, deadline = "", time.monotonic() + 90
+    while seen.count("ready") < 2 and time.monotonic() < deadline:
+        seen += proc.stdout.readline()
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str]:
+    try:
+        out, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return proc.returncode, out
+
+
+@pytest.mark.parametrize("codes, expected, why", [
+    ("0,2", 2, "invalid config or data; not retried"), ("143,0", 143, "stopped by a signal after a checkpoint"),
+    ("0,-9", 137, "killed by SIGKILL; retried"), ("170,0", 170, "lost the other ranks"),
+    ("1,-9", 137, "killed by SIGKILL"),  # the killed worker explains the other's failure
+])
+def test_the_node_exits_with_the_code_that_explains_the_failure(tmp_path, codes, expected, why):
+    code, out = finish(keeper(tmp_path, codes))
+    assert code == expected, out[-3000:]
+    assert f"exited with {expected} ({why}" in out
+
+
+def test_a_signal_to_every_process_of_the_node_still_lets_the_workers_checkpoint(tmp_path):
+    """Slurm's preemption signals every process of the step, torchrun's agent included: the agent must not
+    stop its workers itself (it would kill them 30 s later, checkpoint or not)."""
+    proc = keeper(tmp_path, "999,999")
+    wait_ready(proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    code, out = finish(proc)
+    assert code == 143, out[-3000:]
+    assert "rank 0 checkpointed after signal 15" in out and "rank 1 checkpointed after signal 15" in out
+
+
+def test_failures_are_recorded_and_a_spent_budget_stops_the_job(tmp_path):
+    job_dir = tmp_path / "job"
+    budget = {"FT_JOB_DIR": str(job_dir), "FT_MAX_RETRIES": "1", "FT_RECORD_ATTEMPTS": "1"}
+    code, out = finish(keeper(tmp_path, "0,-9", **budget))
+    assert code == 137, out[-3000:]
+    assert (job_dir / FILE).read_text().startswith("failure 137 ")
+    code, out = finish(keeper(tmp_path, "0,-9", **budget))  # the second failure spends the one retry
+    assert code == 3 and "the job failed 2 times and max_retries is 1" in out, out[-3000:]
+    code, out = finish(keeper(tmp_path, "0,0", **budget))  # a recreated pod does not even start
+    assert code == 3 and "rank" not in out, out[-3000:]
+    assert [line.split()[:2] for line in (job_dir / FILE).read_text().splitlines()] == [
+        ["failure", "137"], ["failure", "137"]]
+
+
+def test_a_rendezvous_that_never_completes_is_retried(tmp_path):
+    """A peer that never comes (a node that is not scheduled): the rendezvous times out, exit 170."""
+    code, out = finish(keeper(tmp_path, "0,0", PET_NNODES="2", PET_RDZV_CONF="timeout=5"))
+    assert code == 170, out[-3000:]
+    assert "the rendezvous or the store failed" in out
+
+
+def test_sigterm_reaches_the_workers_which_checkpoint_and_exit_143(tmp_path):
+    proc = keeper(tmp_path, "999,999")
+    wait_ready(proc)
+    proc.send_signal(signal.SIGTERM)  # what the kubelet sends the container's PID 1
+    code, out = finish(proc)
+    assert code == 143, out[-3000:]
+    assert "rank 0 checkpointed after signal 15" in out and "rank 1 checkpointed after signal 15" in out
+
+
+def test_exit_code_follows_the_shell_convention():
+    assert [exit_code(c) for c in (0, 1, 2, 143, -9, -15, 300)] == [0, 1, 2, 143, 137, 143, 1]
