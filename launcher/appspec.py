@@ -98,7 +98,14 @@ def plan(backend: Scheduler, profile: Profile, recipe: Recipe, cli: Mapping[str,
                                              else max(1, gpus_per_node), 1, 1024),
                     workers=check_int("workers", workers, 1, 10000), env=shared.env, image=shared.image,
                     profile=profile.name, config=config, overrides=tuple(overrides))
+    if draft.gpus_per_node and draft.nproc_per_node > draft.gpus_per_node:
+        raise FieldError("nproc_per_node", f"{draft.nproc_per_node} processes per node need a GPU each, and --gpus "
+                                           f"gives {draft.gpus_per_node}: set --nproc-per-node {draft.gpus_per_node} "
+                                           f"or --gpus {draft.nproc_per_node}")
     app, notes = backend.place(draft, opts)
+    if app.gpus_per_node > app.nproc_per_node and not app.is_search:
+        notes = [*notes, f"{app.gpus_per_node - app.nproc_per_node} of the {app.gpus_per_node} GPUs per node stay "
+                         f"idle: one process drives one GPU (--nproc-per-node {app.nproc_per_node})"]
     if app.is_search and app.nodes != 1:
         raise FieldError("nodes", "a search recipe's workers run on one node each; use --workers for more")
     if not app.is_search and app.workers != 1:

@@ -8,7 +8,9 @@ the count of failed attempts lives there, in ``<job dir>/attempts.log``: one lin
   these use the retry budget (``max_retries``);
 - ``continuation``: stopped by a signal after a checkpoint (exit 143): a time limit reached or a
   preemption; these do not use the retry budget (``max_continuations`` caps them, if set);
-- ``finished`` (0) and ``stopped`` (any other code, which is never retried).
+- ``finished`` (0) and ``stopped`` (any other code, which is never retried);
+- ``started``: written first by a keeper that records its attempt (Kubernetes), so that an attempt
+  that never wrote how it ended (its pod killed whole, its node lost) counts as a failure.
 
 The Slurm batch script writes the same lines (slurm/job.sbatch.j2), and the keeper on Kubernetes
 (launcher/keeper.py); both stop retrying once the budget is spent.
@@ -53,14 +55,25 @@ class Attempts:
         return sum(line.split(" ", 1)[0] == which for line in lines)
 
     def add(self, code: int, why: str) -> None:
+        self.write(f"{kind(code)} {code}", why)
+
+    def start(self) -> None:
+        self.write("started -", "")
+
+    def write(self, what: str, why: str) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.job_dir.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as log:
-            log.write(f"{kind(code)} {code} {stamp} {why}\n")
+            log.write(f"{what} {stamp} {why}".rstrip() + "\n")
+
+    def failures(self) -> int:
+        """Failed attempts: those that said so, and those that started and never said how they ended."""
+        ended = sum(self.count(which) for which in ("failure", "continuation", "finished", "stopped"))
+        return self.count("failure") + max(0, self.count("started") - ended)
 
     def budget_spent(self) -> str | None:
         """Why the job may not run again, or None."""
-        failures = self.count("failure")
+        failures = self.failures()
         if failures > self.max_retries:
             return f"the job failed {failures} times and max_retries is {self.max_retries} ({self.path})"
         continuations = self.count("continuation")

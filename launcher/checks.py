@@ -17,7 +17,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9_@+=:,./-]*")  # nothing a shell, #SBATCH or a comment line reads specially
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Names an exported variable may not take: bash's own, Slurm's facts about the job, and the Slurm job
-# script's variables (slurm/job.sbatch.j2). Refused whatever the backend, so one profile serves all.
+# script's variables (slurm/job.sbatch.j2), and FT_* (the keeper's, launcher/keeper.py). Refused whatever the backend, so one profile serves all.
 RESERVED_ENV = {"_", "IFS", "ENV", "SHELLOPTS", "PS4", "UID", "EUID", "PPID", "SHLVL", "RANDOM", "SRANDOM",
                 "SECONDS", "LINENO", "PWD", "OLDPWD", "FUNCNAME", "GROUPS", "DIRSTACK", "PIPESTATUS", "HISTCMD",
                 "EPOCHSECONDS", "EPOCHREALTIME", "OPTIND", "OPTARG", "job_dir", "config", "config_tmp",
@@ -121,8 +121,9 @@ def check_env(name: str, env: Any) -> dict[str, str]:
     for key, value in env.items():
         if not isinstance(key, str) or not _ENV_KEY.fullmatch(key):
             raise FieldError(name, f"{shown(key)} is not a valid environment variable name")
-        if key in RESERVED_ENV or key.startswith(("BASH", "SLURM_")):
-            raise FieldError(name, f"{key} is reserved (bash or Slurm sets it, or the job script uses it)")
+        if key in RESERVED_ENV or key.startswith(("BASH", "SLURM_", "FT_")):
+            raise FieldError(name, f"{key} is reserved (bash, Slurm or the launcher sets it, or the job script "
+                                   f"uses it)")
         if not isinstance(value, str):
             raise FieldError(f"{name}.{key}", f"expected a string (quote numbers in YAML), got {shown(value)}")
         no_nul(f"{name}.{key}", value)
@@ -149,3 +150,8 @@ def one_of(choices: tuple[str, ...]) -> Callable[[str, Any], str]:
 def int_from(low: int, high: int) -> Callable[[str, Any], int]:
     """The check of an option that takes an integer from ``low`` to ``high``."""
     return lambda name, value: check_int(name, value, low, high)
+
+
+def check_retries(name: str, value: Any) -> int | None:
+    """max_retries, on every backend; left empty (None) in a profile, the default."""
+    return None if value is None else check_int(name, value, 0, 100)

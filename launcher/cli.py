@@ -152,6 +152,7 @@ def try_model(output: str, prompts: tuple[str, ...], max_new_tokens: int) -> Non
 # The choices are the backends' own (tests/launcher/test_cli.py holds them equal), written out so
 # that parsing the command line imports no backend.
 CONTAINERS = ("none", "apptainer", "singularity", "enroot", "oci")
+GPU_REQUESTS = ("gpus-per-node", "gres")
 APIS = ("pytorchjob", "trainjob")
 CLEAN_POD_POLICIES = ("Running", "All", "None")
 K8S_OPTIONS = [
@@ -171,14 +172,15 @@ K8S_OPTIONS = [
                  help="k8s: annotation (repeatable)"),
     click.option("--node-selector", "node_selector", multiple=True, metavar="KEY=VALUE",
                  help="k8s: node label the pods require (repeatable)"),
-    click.option("--backoff-limit", type=int, help="k8s: pod restarts before the job fails  [default: 3]"),
+    click.option("--grace-period", type=int,
+                 help="k8s: seconds from SIGTERM to SIGKILL, for the checkpoint  [default: 120]"),
     click.option("--ttl-seconds-after-finished", type=int,
                  help="k8s: delete the finished job after this many seconds  [default: 7 days]"),
     click.option("--clean-pod-policy", type=click.Choice(CLEAN_POD_POLICIES),
                  help="k8s: which pods to delete when the job finishes  [default: Running]"),
     click.option("--memory", help="k8s: memory request and limit of each pod, e.g. 200Gi"),
     click.option("--training-runtime",
-                 help="k8s, --api trainjob: the ClusterTrainingRuntime  [default: torch-distributed]"),
+                 help="k8s, --api trainjob: the ClusterTrainingRuntime  [default: ft-recipes-torch]"),
 ]
 PAIR_OPTIONS = ("env", "labels", "annotations", "node_selector", "secret_env")  # NAME=VALUE, repeatable
 
@@ -217,10 +219,15 @@ def job_options(command):
                      help="Slurm, container none: module to load (repeatable)"),
         click.option("--output-root", help="Slurm: jobs write to OUTPUT_ROOT/JOB_NAME (on a shared filesystem)"),
         click.option("--env", "env", multiple=True, metavar="NAME=VALUE", help="export in the job (repeatable)"),
+        click.option("--mem", help="Slurm: memory per node, e.g. 200G (0: all of it)"),
+        click.option("--exclusive", is_flag=True, default=None, help="Slurm: whole nodes, shared with no other job"),
+        click.option("--gpu-request", type=click.Choice(GPU_REQUESTS),
+                     help="Slurm: ask for GPUs with --gpus-per-node or --gres=gpu:N  [default: gpus-per-node]"),
         click.option("--signal-lead", type=int, help="Slurm: seconds before the time limit to checkpoint and requeue"),
-        click.option("--max-retries", type=int, help="Slurm: requeues after failures (a process killed, ranks lost)"),
+        click.option("--max-retries", type=int,
+                     help="reruns after failures (a process killed, ranks lost), then exit 3  [default: 3]"),
         click.option("--max-continuations", type=int,
-                     help="Slurm: requeues after a time limit or a preemption  [default: no limit]"),
+                     help="reruns after a time limit or a preemption  [default: no limit]"),
         *K8S_OPTIONS,
     ]
     for option in reversed(options):

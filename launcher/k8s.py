@@ -27,8 +27,8 @@ import yaml
 
 from launcher import images, k8s_client, k8s_fields
 from launcher.appspec import AppSpec, check_config_text
-from launcher.checks import (absolute, check_cpus, check_int, check_path, check_time, int_from, one_of, shown,
-                             time_seconds)
+from launcher.checks import (absolute, check_cpus, check_retries, check_int, check_path, check_time, int_from, one_of, optional_count,
+                             shown, time_seconds)
 from launcher.errors import FieldError
 from launcher.options import option
 from launcher.recipes import REPO_ROOT
@@ -48,8 +48,8 @@ NAME_MAX = 40
 BASE_MAX = NAME_MAX - SUFFIX_LENGTH - 1
 MASTER_PORT = 23456                      # the Training Operator's default port (named pytorchjob-port)
 RDZV_TIMEOUT = 1800                      # pods of one job may start minutes apart (image pulls)
-GRACE_SECONDS = 120                      # SIGTERM -> checkpoint at the next step -> exit 143
 CONFIG_MAX_BYTES = 1024 * 1024 - 4096    # a ConfigMap holds at most 1 MiB
+RUNTIME = "ft-recipes-torch"             # k8s/runtime.yaml: torch-distributed with the exit-code contract
 PATCH_MANAGER = "ft-recipes/launcher"    # TrainJob runtimePatches entries are keyed by their manager
 SECRET_ENV = {"hf_token_secret": "HF_TOKEN", "wandb_secret": "WANDB_API_KEY"}
 OWN_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component")
@@ -103,11 +103,13 @@ class K8sOptions:
     hf_token_secret: str | None = option(check=check_secret("HF_TOKEN"))     # SECRET[:KEY] -> env HF_TOKEN
     wandb_secret: str | None = option(check=check_secret("WANDB_API_KEY"))   # SECRET[:KEY] -> env WANDB_API_KEY
     secret_env: dict[str, str] = option({}, check=optional(k8s_fields.check_secret_env), merge=True)  # ENV: SECRET
-    backoff_limit: int = option(3, check=optional(int_from(0, 100)))  # pod restarts before the job fails
+    max_retries: int = option(3, check=check_retries)  # restarts after failures (killed, ranks lost)
+    max_continuations: int | None = option(check=optional_count)  # restarts after a preemption (SIGTERM)
+    grace_period: int = option(120, check=optional(int_from(10, 86400)))  # SIGTERM -> checkpoint -> exit 143
     ttl_seconds_after_finished: int = option(7 * 24 * 3600, check=optional(int_from(0, 2**31 - 1)))  # then deleted
     clean_pod_policy: str = option("Running", check=optional(one_of(k8s_fields.CLEAN_POD_POLICIES)))
     memory: str | None = option(check=optional(k8s_fields.check_quantity))  # each pod's request and limit
-    training_runtime: str = option("torch-distributed", check=optional(k8s_fields.check_dns1123_subdomain))
+    training_runtime: str = option(RUNTIME, check=optional(k8s_fields.check_dns1123_subdomain))
 
     def __post_init__(self):
         clash = sorted(set(self.labels) & set(OWN_LABELS))
@@ -194,10 +196,21 @@ class K8sJob:
         found: list[dict[str, Any]] = []
         if not self.app.is_search:
             found.append({"name": "PET_RDZV_CONF", "value": f"timeout={RDZV_TIMEOUT}"})
+            found += [{"name": key, "value": value} for key, value in self.attempts_env.items()]
         found += [{"name": key, "value": value} for key, value in sorted(self.app.env.items())]
         for key, ref in sorted(self.opts.secrets.items()):
             secret, secret_key = k8s_fields.secret_ref(ref, key)
             found.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": secret_key}}})
+        return found
+
+    @property
+    def attempts_env(self) -> dict[str, str]:
+        """What the keeper needs to count this job's attempts on the PVC and end its retries
+        (launcher/attempts.py): a recreated pod is a new process that only the PVC remembers."""
+        found = {"FT_JOB_DIR": self.app.output_dir, "FT_MAX_RETRIES": str(self.opts.max_retries),
+                 "FT_RECORD_ATTEMPTS": "1", "FT_OUTPUTS_PVC": self.opts.pvc}
+        if self.opts.max_continuations is not None:
+            found["FT_MAX_CONTINUATIONS"] = str(self.opts.max_continuations)
         return found
 
     @property
@@ -283,7 +296,7 @@ def environment() -> jinja2.Environment:
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
     env.filters["yaml"] = to_yaml
     env.filters["yaml_block"] = to_yaml_block
-    env.globals.update(uid=USER_ID, grace_seconds=GRACE_SECONDS, workdir=WORKDIR, config_dir=CONFIG_DIR,
+    env.globals.update(uid=USER_ID, workdir=WORKDIR, config_dir=CONFIG_DIR,
                        outputs=OUTPUTS, master_port=MASTER_PORT, patch_manager=PATCH_MANAGER,
                        permanent_exit_codes=list(range(1, 128)))
     return env

@@ -18,10 +18,12 @@ next step and exit 143. The torchrun agent runs with both ignored and is told to
 makes the agent kill its workers before their checkpoint.
 
 Attempts: with FT_JOB_DIR (the job's output directory, on shared storage) and FT_MAX_RETRIES in
-the env, as the rendered jobs set them, every keeper refuses to start once the job has failed
-more than FT_MAX_RETRIES times (recorded in ``<job dir>/attempts.log``, see launcher/attempts.py);
-with FT_RECORD_ATTEMPTS=1 (Kubernetes, where no other process sees the whole job) the keeper of
-node 0 also records how each attempt ended. On Slurm the batch script records them.
+the env, as the rendered jobs set them, every keeper first checks that it can write the job's
+directory (if not: exit 2, naming FT_OUTPUTS_PVC and the fix), then refuses to start once the job
+has failed more than FT_MAX_RETRIES times (recorded in ``<job dir>/attempts.log``, see
+launcher/attempts.py); with FT_RECORD_ATTEMPTS=1 (Kubernetes, where no other process sees the
+whole job) the keeper of node 0 also records that its attempt started and how it ended. On Slurm
+the batch script records them.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 from launcher import attempts
 from launcher.signals import forwarded
-from recipekit.errors import EXIT_FAILED, EXIT_INFRASTRUCTURE, EXIT_PREEMPTED, EXIT_RETRIES_USED
+from recipekit.errors import EXIT_FAILED, EXIT_INFRASTRUCTURE, EXIT_PREEMPTED, EXIT_RETRIES_USED, EXIT_USAGE
 
 AGENT = "--agent"
 QUIET_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # the workers', not the agent's
@@ -109,9 +113,15 @@ def ignore_quiet_signals() -> None:
 def keeper(argv: list[str]) -> int:
     """Check the retry budget, run the agent with stop signals going to its workers, record and exit."""
     record = attempts.from_env()
-    if record is not None and (spent := record.budget_spent()):
-        print(f"keeper: {spent}; exiting with {EXIT_RETRIES_USED}, which is not retried", file=sys.stderr)
-        return EXIT_RETRIES_USED
+    if record is not None:
+        if (unwritable := outputs_unwritable(record.job_dir)):
+            print(f"keeper: {unwritable}; exiting with {EXIT_USAGE}, which is not retried", file=sys.stderr)
+            return EXIT_USAGE
+        if (spent := record.budget_spent()):
+            print(f"keeper: {spent}; exiting with {EXIT_RETRIES_USED}, which is not retried", file=sys.stderr)
+            return EXIT_RETRIES_USED
+        if record.records and node_rank() == 0:
+            record.start()
     proc = subprocess.Popen([sys.executable, "-m", "launcher.keeper", AGENT, *argv], preexec_fn=ignore_quiet_signals)
     # Before its workers start, the agent (deaf to SIGTERM/SIGUSR1) is stopped with SIGINT: nothing to checkpoint.
     with forwarded(proc, to_workers=True, before_workers=signal.SIGINT) as received:
@@ -125,6 +135,20 @@ def keeper(argv: list[str]) -> int:
             print(f"keeper: {spent}; exiting with {EXIT_RETRIES_USED}, which is not retried", file=sys.stderr)
             return EXIT_RETRIES_USED
     return code
+
+
+def outputs_unwritable(job_dir: Path) -> str | None:
+    """Why this process cannot write the job's output directory, naming the volume and the fix; or None."""
+    try:
+        job_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=job_dir, prefix=".write-test-"):
+            return None
+    except OSError as exc:
+        volume = os.environ.get("FT_OUTPUTS_PVC")
+        where = f"PVC {volume} (mounted at {job_dir.parent})" if volume else str(job_dir.parent)
+        return (f"cannot write {job_dir} ({exc.strerror or exc}): make {where} writable by uid {os.getuid()} "
+                f"gid {os.getgid()}, e.g. a StorageClass that honours fsGroup, or chown the volume to "
+                f"{os.getuid()}:{os.getgid()} once")
 
 
 def node_rank() -> int:

@@ -27,7 +27,7 @@ from launcher import slurm_client
 from launcher.appspec import AppSpec, check_config_text
 from launcher.backend import Notice
 from launcher.checks import (absolute, check_cpus, check_name, check_path, check_strings, check_time, int_from,
-                             no_nul, not_an_option, one_of, optional_count, optional_string, shown,
+                             no_nul, not_an_option, one_of, optional_count, check_retries, optional_string, shown,
                              time_seconds)
 from launcher.errors import FieldError
 from launcher.options import option
@@ -66,6 +66,28 @@ def check_modules(name: str, value: Any) -> tuple[str, ...]:
     return tuple(not_an_option(name, module) for module in check_strings(name, value))
 
 
+# How a job asks for its GPUs: --gpus-per-node (Slurm's GPU options) or --gres=gpu:N (generic
+# resources, what older sites and some accounting setups expect). Slurm refuses the two together.
+GPU_REQUESTS = ("gpus-per-node", "gres")
+_MEM = re.compile(r"[0-9]{1,9}[KMGT]?")
+
+
+def check_mem(name: str, value: Any) -> str | None:
+    """Slurm's --mem: a size with an optional unit K, M (the default), G or T; 0 asks for all of each node's."""
+    if value is None:
+        return None
+    text = str(value)
+    if isinstance(value, bool) or not _MEM.fullmatch(text):
+        raise FieldError(name, f"must be a size such as 200G, 512000M or 0 (all of the node's memory), got {shown(value)}")
+    return text
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise FieldError(name, f"must be true or false, got {shown(value)}")
+    return value
+
+
 @dataclass(frozen=True)
 class SlurmOptions:
     """Where and how a job runs on a Slurm cluster (profile keys and command-line options of the same names)."""
@@ -81,8 +103,11 @@ class SlurmOptions:
     venv: str | None = option(check=optional_string)          # container none: a virtualenv to activate
     modules: tuple[str, ...] = option((), check=check_modules)  # container none: environment modules
     output_root: str = option("outputs/slurm", check=no_nul)  # jobs write to <output_root>/<job name>/
+    mem: str | None = option(check=check_mem)  # memory per node (--mem)
+    exclusive: bool = option(False, check=check_bool)  # whole nodes only
+    gpu_request: str = option("gpus-per-node", check=one_of(GPU_REQUESTS))  # how GPUs are asked for
     signal_lead: int = option(300, check=int_from(1, 86400))   # USR1 this long before the time limit
-    max_retries: int = option(3, check=int_from(0, 100))       # requeues after failures (killed, ranks lost)
+    max_retries: int = option(3, check=check_retries)       # requeues after failures (killed, ranks lost)
     max_continuations: int | None = option(check=optional_count)  # requeues after a time limit or preemption
 
     def __post_init__(self):
@@ -123,6 +148,12 @@ class SlurmRequest:
     def submitted_log(self, job_id: str) -> str:
         """The output file of the submitted job (the first worker's, for an array)."""
         return self.log.replace("%j", job_id).replace("%A", job_id).replace("%a", "0")
+
+
+JOB_ID_FILE = "slurm-job-id"  # in the job's output dir: the job that owns it (submit refuses a second)
+# Job states after which a job never runs again (a requeued job passes through PENDING, not these).
+FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
+                "PREEMPTED")
 
 
 def quote(value) -> str:
@@ -198,9 +229,18 @@ class SlurmBackend:
     def submit(self, request: SlurmRequest) -> list[str]:
         """Write the script to ``<output dir>/job.sbatch``, submit it, and remember where its log goes."""
         app = request.app
+        owner = Path(app.output_dir) / JOB_ID_FILE
+        live = [job for job in (slurm_client.show(owner.read_text().strip()) if owner.is_file() else [])
+                if job["JobState"] not in FINAL_STATES]
+        if live:
+            raise FieldError("job_name", f"{app.output_dir} belongs to job {live[0]['JobId']}, which is "
+                                         f"{live[0]['JobState']}: two jobs in one directory would resume from each "
+                                         f"other's checkpoints; give another --job-name, or cancel it first "
+                                         f"(launcher cancel {live[0]['JobId']})")
         Path(app.output_dir).mkdir(parents=True, exist_ok=True)
         Path(request.path).write_text(request.text, encoding="utf-8")
         job_id = slurm_client.sbatch(Path(request.path))
+        owner.write_text(job_id + "\n", encoding="utf-8")
         slurm_client.remember(job_id, app.job_name, app.output_dir, request.log)
         return [f"submitted job {job_id} ({app.job_name})", f"log:     {request.submitted_log(job_id)}",
                 f"outputs: {app.output_dir}",

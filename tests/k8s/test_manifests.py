@@ -75,7 +75,7 @@ def assert_contract(config_map: dict, job: dict, *, nodes: int, gpus: int, entry
             assert container["resources"]["limits"]["nvidia.com/gpu"] == str(gpus)
     elif job["kind"] == "TrainJob":
         trainer = job["spec"]["trainer"]
-        assert job["spec"]["runtimeRef"] == {"name": "torch-distributed"}
+        assert job["spec"]["runtimeRef"] == {"name": "ft-recipes-torch"}
         assert trainer["numNodes"] == nodes and trainer["numProcPerNode"] == gpus
         assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == str(gpus)
         assert trainer["command"][-3:] == [entry, *command]
@@ -108,7 +108,7 @@ def test_render_with_every_k8s_option_keeps_secrets_by_reference(monkeypatch):
         "--kueue-queue", "team-queue", "--priority-class", "high", "--service-account", "trainer",
         "--hf-token-secret", "hf-token", "--wandb-secret", "wandb:api-key", "--secret-env", "DB_URL=optuna-db:url",
         "--label", "team=nlp", "--annotation", "owner=alice@example.com", "--node-selector", "gpu=h100",
-        "--backoff-limit", "5", "--ttl-seconds-after-finished", "3600", "--clean-pod-policy", "All",
+        "--max-retries", "5", "--max-continuations", "7", "--grace-period", "300", "--ttl-seconds-after-finished", "3600", "--clean-pod-policy", "All",
         "--memory", "200Gi", "--cpus-per-task", "32", "--time", "02:00:00", "--image", "registry.local/ft:1",
         "--env", "NCCL_DEBUG=INFO", "--job-name", "My Run!", "--set", "use_auth_token=HF_TOKEN",
         env={"HF_TOKEN": CANARY, "WANDB_API_KEY": CANARY, "DB_URL": CANARY})
@@ -132,6 +132,11 @@ def test_render_with_every_k8s_option_keeps_secrets_by_reference(monkeypatch):
                                       "requests": {"cpu": "32", "memory": "200Gi"}}
     env = {var["name"]: var for var in container["env"]}
     assert env["NCCL_DEBUG"]["value"] == "INFO"
+    budget = {name: env[name]["value"] for name in ("FT_JOB_DIR", "FT_MAX_RETRIES", "FT_MAX_CONTINUATIONS",
+                                                     "FT_RECORD_ATTEMPTS", "FT_OUTPUTS_PVC")}
+    assert budget == {"FT_JOB_DIR": f"/outputs/{job['metadata']['name']}", "FT_MAX_RETRIES": "5",
+                      "FT_MAX_CONTINUATIONS": "7", "FT_RECORD_ATTEMPTS": "1", "FT_OUTPUTS_PVC": "shared"}
+    assert spec["terminationGracePeriodSeconds"] == 300
     assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf-token", "key": "HF_TOKEN"}}
     assert env["WANDB_API_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "wandb", "key": "api-key"}}
     assert env["DB_URL"]["valueFrom"] == {"secretKeyRef": {"name": "optuna-db", "key": "url"}}

@@ -132,3 +132,71 @@ def test_rendered_pytorchjob_trains_with_the_operators_env(tmp_path, tiny_model,
     assert metrics["world_size"] == 2 and metrics["global_step"] == 2
     assert metrics["eval_loss_before"] is not None and metrics["replicas_checked_at_steps"] == [1, 2]
     assert (job_dir / "checkpoint-2" / "COMPLETE").is_file()  # what a restarted pod resumes from
+
+
+# On PYTHONPATH, this kills every training worker (torchrun sets LOCAL_RANK) as it starts, as an
+# OOM kill or a bad GPU would at every attempt; the keeper itself runs.
+KILL_EVERY_WORKER = """
+import os, signal
+if "LOCAL_RANK" in os.environ:
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def replaced(api: str, exit_code: int) -> bool:
+    """Whether the controller recreates a pod that exited with ``exit_code``. PyTorchJob (restartPolicy
+    ExitCode, the Training Operator v1.9): 128-255 yes, 1-127 no. TrainJob: the Job controller plays
+    k8s/runtime.yaml's podFailurePolicy (tests/k8s/test_runtime.py)."""
+    if exit_code == 0:
+        return False
+    if api == "pytorchjob":
+        return exit_code >= 128
+    from tests.k8s.test_runtime import RUNTIME, action_for
+
+    return action_for(RUNTIME, exit_code) != "FailJob"
+
+
+@pytest.mark.parametrize("api", ["pytorchjob", "trainjob"])
+def test_a_pod_killed_at_every_attempt_ends_the_job_once_its_retry_budget_is_spent(tmp_path, api):
+    """The pod of a one-node job whose worker is SIGKILLed at every start exits 137 and is recreated by
+    the controller (played here) until the job has failed max_retries + 1 times; that pod's keeper
+    then exits 3, which the controller does not retry. Without the budget on the PVC, a PyTorchJob
+    would be recreated forever (its backoffLimit does not count recreated pods)."""
+    rendered = run_launcher("render", "recipes/sft", "--backend", "k8s", "--api", api, "--max-retries", "2",
+                            "--env", "OMP_NUM_THREADS=1")
+    assert rendered.returncode == 0, rendered.stderr
+    config_map, job = k8s.manifests(rendered.stdout)
+    if api == "pytorchjob":
+        (container,) = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"]
+        command, env_vars = container["command"], container["env"]
+    else:
+        command, env_vars = job["spec"]["trainer"]["command"], job["spec"]["trainer"]["env"]
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(KILL_EVERY_WORKER)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(config_map["data"]["config.yaml"])
+    paths = {**PATHS, "/outputs": str(outputs), "/etc/ft-recipes/config.yaml": str(config_file)}
+    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HOME": os.environ["HOME"],
+           "PYTHONPATH": str(site)}
+    env.update({var["name"]: translate(var["value"], paths) for var in env_vars})
+    # The operator's env for one node (PyTorchJob: envvar.go; TrainJob: the torch plugin's PET_*).
+    env.update({"PET_NNODES": "1", "PET_NPROC_PER_NODE": "1", "PET_NODE_RANK": "0", "PET_MASTER_ADDR": "127.0.0.1"})
+    command = [sys.executable if part == "python" else translate(part, paths) for part in command]
+
+    codes, logs = [], []
+    while len(codes) < 6:
+        env["PET_MASTER_PORT"] = str(free_port())
+        pod = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+        codes.append(pod.returncode)
+        logs.append(pod.stdout + pod.stderr)
+        if not replaced(api, pod.returncode):
+            break
+    assert codes == [137, 137, 3], logs[-1][-3000:]
+    assert "exited with 137 (killed by SIGKILL; retried)" in logs[0]
+    assert "the job failed 3 times and max_retries is 2" in logs[-1] and "not retried" in logs[-1]
+    job_dir = outputs / job["metadata"]["name"]
+    outcomes = [line.split()[:2] for line in (job_dir / "attempts.log").read_text().splitlines()]
+    assert outcomes == [["started", "-"], ["failure", "137"]] * 3

@@ -8,8 +8,9 @@
    ``kubernetes-validate``'s strict schemas (no unknown fields).
 3. **The CRDs' and webhooks' own rules**, stricter than the SDK models. Written down here from the
    Training Operator v1.9 PyTorchJob CRD and validating webhook, and the Kubeflow Trainer v2.3
-   TrainJob CRD (its CEL rules, length and item limits) and webhook (runtime patches), and from
-   the torch-distributed ClusterTrainingRuntime (one replicated job and container, both "node").
+   TrainJob CRD (its CEL rules, length and item limits) and webhook (runtime patches), the
+   ClusterTrainingRuntime CRD and webhook (k8s/runtime.yaml, the runtime TrainJobs run on: one
+   replicated job and container, both "node"), and batch/v1's rules for a Job's podFailurePolicy.
 4. **The API server's syntax rules** for names, labels, annotations, env vars, quantities, and the
    uniqueness of list entries (containers, volumes, mounts, env).
 5. **The Restricted Pod Security Standard** for every pod and container.
@@ -69,6 +70,8 @@ def problems(obj: dict) -> list[str]:
             found += pod_template_problems(replica.get("template") or {}, f"spec.pytorchReplicaSpecs.{rtype}.template")
     elif kind == "TrainJob":
         found += pydantic_problems(obj, trainer_models.TrainerV1alpha1TrainJob) + trainjob_problems(obj)
+    elif kind == "ClusterTrainingRuntime":
+        found += pydantic_problems(obj, trainer_models.TrainerV1alpha1ClusterTrainingRuntime) + runtime_problems(obj)
     else:
         found.append(f"kind: unexpected {kind!r}")
     return found
@@ -340,6 +343,81 @@ def _runtime_patch_problems(patch: dict, path: str) -> list[str]:
         found += core_problems({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"},
                                 "template": {"spec": merged}})
         found += pod_spec_problems(merged, where) + restricted_problems(merged, where)
+    return found
+
+
+POLICIES = ("torch", "mpi", "jax", "xgboost", "flux")
+ANCESTOR_LABEL = "trainer.kubeflow.org/trainjob-ancestor-step"
+ANCESTOR_CONTAINERS = {"trainer": "node", "model-initializer": "model-initializer",
+                       "dataset-initializer": "dataset-initializer"}
+POD_FAILURE_ACTIONS = ("FailJob", "FailIndex", "Ignore", "Count")
+
+
+def runtime_problems(runtime: dict) -> list[str]:
+    """A ClusterTrainingRuntime: the CRD's CEL rules, the webhook's (trainingruntime_webhook.go), and each
+    replicated job as the batch/v1 Job it becomes (core schema, the API server's podFailurePolicy rules)."""
+    found = []
+    name = runtime["metadata"].get("name", "")
+    if not DNS1123_SUBDOMAIN.fullmatch(name) or len(name) > 253:
+        found.append(f"metadata.name: must be a DNS-1123 subdomain, got {name!r}")
+    spec = runtime.get("spec") or {}
+    ml = spec.get("mlPolicy") or {}
+    if sum(key in ml for key in POLICIES) > 1:
+        found.append("spec.mlPolicy: only one of the policies can be configured (CEL)")
+    if "numNodes" in ml and not _int(ml["numNodes"], 1, INT32):
+        found.append("spec.mlPolicy.numNodes: minimum 1")
+    jobs = ((spec.get("template") or {}).get("spec") or {}).get("replicatedJobs") or []
+    for i, job in enumerate(jobs):
+        where = f"spec.template.spec.replicatedJobs[{i}]"
+        template = job.get("template") or {}
+        pod_spec = ((template.get("spec") or {}).get("template") or {}).get("spec") or {}
+        containers = [c.get("name") for c in pod_spec.get("containers") or []]
+        ancestor = ((template.get("metadata") or {}).get("labels") or {}).get(ANCESTOR_LABEL)
+        if ancestor in ANCESTOR_CONTAINERS:
+            if job.get("replicas", 1) != 1:
+                found.append(f"{where}.replicas: must be 1 for a {ancestor} step (webhook)")
+            if ANCESTOR_CONTAINERS[ancestor] not in containers:
+                found.append(f"{where}: a {ancestor} step needs a container {ANCESTOR_CONTAINERS[ancestor]!r} (webhook)")
+        found += core_problems({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "t"},
+                                "spec": template.get("spec") or {}})
+        found += pod_failure_policy_problems(template.get("spec") or {}, containers, f"{where}.template.spec")
+        found += pod_spec_problems(pod_spec, f"{where}.template.spec.template.spec")
+    return found
+
+
+def pod_failure_policy_problems(job_spec: dict, containers: list[str], path: str) -> list[str]:
+    """The API server's rules for a Job's podFailurePolicy (batch/v1 validation)."""
+    policy = job_spec.get("podFailurePolicy")
+    if policy is None:
+        return []
+    found = []
+    if ((job_spec.get("template") or {}).get("spec") or {}).get("restartPolicy") != "Never":
+        found.append(f"{path}.template.spec.restartPolicy: must be Never with a podFailurePolicy")
+    rules = policy.get("rules") or []
+    if len(rules) > 20:
+        found.append(f"{path}.podFailurePolicy.rules: at most 20")
+    for i, rule in enumerate(rules):
+        where = f"{path}.podFailurePolicy.rules[{i}]"
+        if rule.get("action") not in POD_FAILURE_ACTIONS:
+            found.append(f"{where}.action: must be one of {', '.join(POD_FAILURE_ACTIONS)}")
+        if rule.get("action") == "FailIndex" and job_spec.get("backoffLimitPerIndex") is None:
+            found.append(f"{where}.action: FailIndex needs backoffLimitPerIndex")
+        if ("onExitCodes" in rule) == ("onPodConditions" in rule):
+            found.append(f"{where}: exactly one of onExitCodes and onPodConditions")
+        codes = rule.get("onExitCodes")
+        if codes is not None:
+            values = codes.get("values") or []
+            if codes.get("operator") not in ("In", "NotIn"):
+                found.append(f"{where}.onExitCodes.operator: must be In or NotIn")
+            if not 1 <= len(values) <= 255 or values != sorted(set(values)):
+                found.append(f"{where}.onExitCodes.values: 1 to 255 unique values in ascending order")
+            if codes.get("operator") == "In" and 0 in values:
+                found.append(f"{where}.onExitCodes.values: 0 is not allowed with In")
+            if "containerName" in codes and codes["containerName"] not in containers:
+                found.append(f"{where}.onExitCodes.containerName: no container {codes['containerName']!r}")
+        for condition in rule.get("onPodConditions") or []:
+            if condition.get("status", "True") not in ("True", "False", "Unknown"):
+                found.append(f"{where}.onPodConditions.status: must be True, False or Unknown")
     return found
 
 

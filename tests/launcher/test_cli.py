@@ -95,6 +95,7 @@ def test_the_choices_the_command_line_offers_are_the_backends_own():
     choices = {param.name: tuple(param.type.choices) for param in cli.render.params
                if hasattr(param.type, "choices")}
     assert choices == {"backend": tuple(backend.SCHEDULERS), "container": slurm.CONTAINERS, "api": k8s.APIS,
+                       "gpu_request": slurm.GPU_REQUESTS,
                        "clean_pod_policy": k8s_fields.CLEAN_POD_POLICIES}
 
 

@@ -23,7 +23,7 @@ profiles:
       - {key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}
     labels: {team: nlp}
     secret_env: {OPTUNA_DB: optuna-db:url}
-    backoff_limit: 1
+    max_retries: 1
 """
 
 
@@ -65,6 +65,9 @@ def test_profile_keys_of_the_other_backend_are_ignored(tmp_path):
     assert result.exit_code == 0, result.output
     config_map, job = k8s.manifests(result.stdout)
     assert job["metadata"]["namespace"] == "research" and job["spec"]["runPolicy"]["backoffLimit"] == 1
+    env = {var["name"]: var.get("value") for var in
+           job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FT_MAX_RETRIES"] == "1"  # the budget the keeper enforces (max_retries is a shared key)
     spec = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
     assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert spec["containers"][0]["image"] == "registry.local/ft-recipes:1"
@@ -82,7 +85,8 @@ def test_profile_keys_of_the_other_backend_are_ignored(tmp_path):
     ("profiles: {p: {hf_token_secret: 'hf token'}}", "hf_token_secret: must be at most 253 lower-case"),
     ("profiles: {p: {clean_pod_policy: Never}}", "clean_pod_policy: must be one of Running, All, None"),
     ("profiles: {p: {memory: lots}}", "memory: must be a positive quantity"),
-    ("profiles: {p: {backoff_limit: -1}}", "backoff_limit: must be an integer from 0 to 100"),
+    ("profiles: {p: {max_retries: -1}}", "max_retries: must be an integer from 0 to 100"),
+    ("profiles: {p: {grace_period: 5}}", "grace_period: must be an integer from 10 to 86400"),
 ])
 def test_bad_k8s_profile_keys_name_the_file_profile_and_key(tmp_path, text, message):
     path = tmp_path / "launcher.yaml"
@@ -106,7 +110,7 @@ def test_secrets_from_their_own_keys_and_from_secret_env():
 
 def test_kubernetes_keys_left_empty_in_a_profile_keep_their_defaults(tmp_path):
     keys = ("namespace", "pvc", "node_selector", "tolerations", "priority_class", "kueue_queue", "labels", "annotations",
-            "service_account", "hf_token_secret", "wandb_secret", "secret_env", "backoff_limit",
+            "service_account", "hf_token_secret", "wandb_secret", "secret_env", "max_retries", "max_continuations", "grace_period",
             "ttl_seconds_after_finished", "clean_pod_policy", "memory", "training_runtime")
     path = tmp_path / "launcher.yaml"
     path.write_text("profiles:\n  p:\n" + "".join(f"    {key}: null\n" for key in keys))

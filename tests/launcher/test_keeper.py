@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -92,13 +93,42 @@ def test_failures_are_recorded_and_a_spent_budget_stops_the_job(tmp_path):
     budget = {"FT_JOB_DIR": str(job_dir), "FT_MAX_RETRIES": "1", "FT_RECORD_ATTEMPTS": "1"}
     code, out = finish(keeper(tmp_path, "0,-9", **budget))
     assert code == 137, out[-3000:]
-    assert (job_dir / FILE).read_text().startswith("failure 137 ")
+    assert kinds(job_dir) == [["started", "-"], ["failure", "137"]]
     code, out = finish(keeper(tmp_path, "0,-9", **budget))  # the second failure spends the one retry
     assert code == 3 and "the job failed 2 times and max_retries is 1" in out, out[-3000:]
     code, out = finish(keeper(tmp_path, "0,0", **budget))  # a recreated pod does not even start
     assert code == 3 and "rank" not in out, out[-3000:]
-    assert [line.split()[:2] for line in (job_dir / FILE).read_text().splitlines()] == [
-        ["failure", "137"], ["failure", "137"]]
+    assert kinds(job_dir) == [["started", "-"], ["failure", "137"]] * 2
+
+
+def kinds(job_dir) -> list[list[str]]:
+    return [line.split()[:2] for line in (job_dir / FILE).read_text().splitlines()]
+
+
+def test_an_attempt_killed_whole_counts_as_a_failure(tmp_path):
+    """A pod killed with its keeper (the container's OOM kill, a lost node) writes no outcome: its start,
+    on the PVC, is what the next pod counts."""
+    job_dir = tmp_path / "job"
+    budget = {"FT_JOB_DIR": str(job_dir), "FT_MAX_RETRIES": "0", "FT_RECORD_ATTEMPTS": "1"}
+    proc = keeper(tmp_path, "999,999", **budget)
+    wait_ready(proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert finish(proc)[0] == -signal.SIGKILL
+    code, out = finish(keeper(tmp_path, "0,0", **budget))
+    assert code == 3 and "the job failed 1 times and max_retries is 0" in out, out[-3000:]
+
+
+def test_an_output_volume_it_cannot_write_is_a_config_error_naming_the_pvc(tmp_path):
+    read_only = tmp_path / "outputs"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    if os.geteuid() == 0:  # root writes a 0555 directory anyway; nobody creates directories in /proc
+        read_only = Path("/proc/self")
+    budget = {"FT_JOB_DIR": str(read_only / "job"), "FT_MAX_RETRIES": "3", "FT_OUTPUTS_PVC": "team-outputs"}
+    code, out = finish(keeper(tmp_path, "0,0", **budget))
+    assert code == 2, out[-3000:]
+    assert f"cannot write {read_only / 'job'}" in out and "make PVC team-outputs" in out and "writable by uid" in out
+    assert "rank" not in out  # refused before torchrun starts
 
 
 def test_a_rendezvous_that_never_completes_is_retried(tmp_path):

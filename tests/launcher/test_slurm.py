@@ -60,6 +60,36 @@ def test_render_prints_a_complete_sbatch_script(tmp_path):
     assert not (tmp_path / "sft-zero2").exists()  # rendering writes nothing
 
 
+def test_memory_whole_nodes_and_the_way_gpus_are_asked_for(tmp_path):
+    def sbatch_lines(*args: str) -> list[str]:
+        result = run_launcher("render", "recipes/sft", "--backend", "slurm", "--gpus", "4",
+                              "--output-root", str(tmp_path), *args)
+        assert result.returncode == 0, result.stderr
+        return [line for line in result.stdout.splitlines() if line.startswith("#SBATCH")]
+
+    plain = sbatch_lines()
+    assert "#SBATCH --gpus-per-node=4" in plain
+    assert not any(line.startswith(("#SBATCH --mem", "#SBATCH --exclusive", "#SBATCH --gres")) for line in plain)
+    chosen = sbatch_lines("--mem", "200G", "--exclusive", "--gpu-request", "gres")
+    assert {"#SBATCH --mem=200G", "#SBATCH --exclusive", "#SBATCH --gres=gpu:4"} <= set(chosen)
+    assert not any(line.startswith("#SBATCH --gpus-per-node") for line in chosen)  # Slurm refuses both
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--mem", "lots"), "--mem: must be a size such as 200G"),
+    (("--gpus", "4", "--nproc-per-node", "8"), "--nproc-per-node: 8 processes per node need a GPU each, and --gpus "
+                                               "gives 4"),
+])
+def test_bad_resource_requests_are_one_line_errors(args, message):
+    result = run_launcher("render", "recipes/sft", "--backend", "slurm", *args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_gpus_left_idle_are_pointed_out():
+    result = run_launcher("render", "recipes/sft", "--backend", "slurm", "--gpus", "4", "--nproc-per-node", "2")
+    assert result.returncode == 0 and "2 of the 4 GPUs per node stay idle" in result.stderr
+
+
 def test_render_refuses_what_the_recipe_refuses():
     result = run_launcher("render", "recipes/sft-zero2", "--set", "load_in_4bit=true")
     assert result.returncode == 2 and "load_in_4bit" in result.stderr and "Traceback" not in result.stderr
@@ -83,6 +113,19 @@ def test_submit_runs_sbatch_parsable_and_says_where_the_log_is(fake_slurm):
     script = root / "out" / "sft" / "job.sbatch"
     assert (root / "sbatch.args").read_text().split() == ["--parsable", str(script)]
     assert script.read_text() == (root / "submitted.sbatch").read_text() == rendered  # what dry-run showed
+
+
+def test_a_second_job_is_refused_a_directory_a_live_job_owns(fake_slurm):
+    root, env = fake_slurm
+    assert run_launcher("submit", "sft", "--output-root", str(root / "out"), env=env).returncode == 0
+    owner = root / "out" / "sft" / "slurm-job-id"
+    assert owner.read_text() == "4242\n"
+    again = run_launcher("submit", "sft", "--output-root", str(root / "out"), env=env)
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert f"{root}/out/sft belongs to job 4242, which is RUNNING" in again.stderr
+    assert "give another --job-name, or cancel it first (launcher cancel 4242)" in again.stderr
+    owner.write_text("77\n")  # a job that ended (the fake scontrol's array: COMPLETED and FAILED)
+    assert run_launcher("submit", "sft", "--output-root", str(root / "out"), env=env).returncode == 0
 
 
 def test_status_logs_and_cancel(fake_slurm):

@@ -33,7 +33,10 @@ from tests.conftest import REPO, TINY_SEQ_LENGTH, read_metrics, run_launcher
 pytestmark = pytest.mark.slow(minutes=6)
 
 STEPS = 24
-TIME_LIMITED_STEPS = 300  # at half a second a step: more than three 1-minute attempts can train
+# The time-limited job: its first SLOW_ATTEMPTS attempts take half a second a step, too slow to train
+# TIME_LIMITED_STEPS in one minute; then the steps left take seconds (so the test ends soon).
+TIME_LIMITED_STEPS = 300
+SLOW_ATTEMPTS = 3
 TINY = ["eval_answer_field=null", "bf16=false", "batch_size=2", f"seq_length={TINY_SEQ_LENGTH}", "logging_steps=1",
         "save_steps=4", "save_total_limit=null", f"max_steps={STEPS}", "replica_check_steps=1"]
 
@@ -91,7 +94,8 @@ def preempt_when(job_id: str, ready, errors: list) -> None:
 
 # On PYTHONPATH in a job's env, this runs in its training processes: the worker of rank
 # SABOTAGE_RANK kills itself with SIGKILL after optimizer step SABOTAGE_STEP (once per job with
-# SABOTAGE_ONCE naming a marker file), and with SABOTAGE_SLEEP every optimizer step takes that long.
+# SABOTAGE_ONCE naming a marker file); with SABOTAGE_SLEEP every optimizer step takes that long, as
+# long as the job's attempts.log (SABOTAGE_ATTEMPTS) holds fewer than SABOTAGE_SLOW_ATTEMPTS lines.
 SABOTAGE = """
 import os
 
@@ -101,9 +105,16 @@ if "LOCAL_RANK" in os.environ and ("SABOTAGE_RANK" in os.environ or "SABOTAGE_SL
 
     steps = [0]
 
+    def attempts_so_far():
+        try:
+            return len(open(os.environ["SABOTAGE_ATTEMPTS"]).read().splitlines())
+        except FileNotFoundError:
+            return 0
+
     def sabotage(optimizer, args, kwargs):
         steps[0] += 1
-        time.sleep(float(os.environ.get("SABOTAGE_SLEEP", "0")))
+        if "SABOTAGE_SLEEP" in os.environ and attempts_so_far() < int(os.environ["SABOTAGE_SLOW_ATTEMPTS"]):
+            time.sleep(float(os.environ["SABOTAGE_SLEEP"]))
         if os.environ.get("RANK") != os.environ.get("SABOTAGE_RANK") or steps[0] != int(os.environ.get("SABOTAGE_STEP", 0)):
             return
         once = os.environ.get("SABOTAGE_ONCE")
@@ -144,8 +155,10 @@ def training_jobs(slurm_cluster, tmp_path_factory, tiny_model, small_hotel):
                                              {**kill, "SABOTAGE_ONCE": str(root / "killed-2nodes.once")})
     jobs["killed-always"] = submit_sabotaged("killed-always", root, tiny_model, small_hotel, 1, 2, kill,
                                              "--max-retries", "1")
-    jobs["time-limited"] = submit_sabotaged("time-limited", root, tiny_model, small_hotel, 1, 1,
-                                            {"SABOTAGE_SLEEP": "0.5"}, "--time", "1", "--signal-lead", "30",
+    slow = {"SABOTAGE_SLEEP": "0.5", "SABOTAGE_SLOW_ATTEMPTS": str(SLOW_ATTEMPTS),
+            "SABOTAGE_ATTEMPTS": str(root / "time-limited" / "attempts.log")}
+    jobs["time-limited"] = submit_sabotaged("time-limited", root, tiny_model, small_hotel, 1, 1, slow,
+                                            "--time", "1", "--signal-lead", "20",
                                             "--set", f"max_steps={TIME_LIMITED_STEPS}", "--set", "save_steps=10000")
     errors: list = []
     ready = lambda: (root / "preempted" / "checkpoint-4" / "COMPLETE").exists()  # noqa: E731
@@ -254,7 +267,7 @@ def test_a_time_limit_far_shorter_than_the_training_is_passed_by_continuations(t
     log = log_of(job_id)
     assert job["JobState"] == "COMPLETED", log[-4000:]
     kinds = attempts_of(out)
-    assert len(kinds) >= 4 and kinds[-1] == ["finished", "0"], kinds
+    assert len(kinds) >= SLOW_ATTEMPTS + 1 and kinds[-1] == ["finished", "0"], kinds
     assert all(kind == ["continuation", "143"] for kind in kinds[:-1]), kinds
     assert "USR1: asking the training processes to checkpoint and stop" in log
     assert "0 failed" in log.split("== job")[-1]  # the last attempt still had its whole failure budget
