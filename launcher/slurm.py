@@ -128,11 +128,6 @@ class SlurmRequest:
     text: str = ""                     # the script
 
     @property
-    def chdir(self) -> str:
-        """Where the batch script runs: the workdir, or with a container the job's output dir."""
-        return self.workdir if self.opts.container == "none" else self.app.output_dir
-
-    @property
     def path(self) -> str:
         return f"{self.app.output_dir}/{SCRIPT_NAME}"
 
@@ -142,7 +137,10 @@ class SlurmRequest:
 
     @property
     def log(self) -> str:
-        """Where Slurm writes the job's output (``%j`` = job id; array tasks: ``%A_%a``)."""
+        """Where Slurm writes the job's output (``%j`` = job id; array tasks: ``%A_%a``): its default
+        file in the directory sbatch runs in, which ``submit`` makes the job's. The script names no
+        --output: Slurm opens that file before the script runs, so it could not be in the job's
+        directory when a plain ``sbatch`` of the rendered script has not created it yet."""
         return f"{self.app.output_dir}/slurm-{'%A_%a' if self.app.workers > 1 else '%j'}.out"
 
     def submitted_log(self, job_id: str) -> str:
@@ -239,7 +237,7 @@ class SlurmBackend:
                                          f"(launcher cancel {live[0]['JobId']})")
         Path(app.output_dir).mkdir(parents=True, exist_ok=True)
         Path(request.path).write_text(request.text, encoding="utf-8")
-        job_id = slurm_client.sbatch(Path(request.path))
+        job_id = slurm_client.sbatch(Path(request.path), cwd=app.output_dir)
         owner.write_text(job_id + "\n", encoding="utf-8")
         slurm_client.remember(job_id, app.job_name, app.output_dir, request.log)
         return [f"submitted job {job_id} ({app.job_name})", f"log:     {request.submitted_log(job_id)}",

@@ -24,11 +24,11 @@ class SlurmError(BackendError):
     """A Slurm command failed or is missing; the message is one line."""
 
 
-def command(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def command(*args: str, check: bool = True, cwd: str | None = None) -> subprocess.CompletedProcess:
     if shutil.which(args[0]) is None:
         raise SlurmError(f"{args[0]} not found: run this on a Slurm login node, or start the local test "
                          f"cluster with slurm/local-cluster.sh start and export SLURM_CONF")
-    result = subprocess.run(list(args), capture_output=True, text=True)
+    result = subprocess.run(list(args), capture_output=True, text=True, cwd=cwd)
     if result.returncode != 0 and "configuration source" in result.stderr:
         raise SlurmError("no Slurm configuration found: run this on a login node of the cluster, or export "
                          "SLURM_CONF (for the local test cluster, see slurm/local-cluster.sh status)")
@@ -38,9 +38,9 @@ def command(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
-def sbatch(script: Path) -> str:
-    """``sbatch --parsable SCRIPT``; the new job's id."""
-    job_id = command("sbatch", "--parsable", str(script)).stdout.strip().split(";")[0]
+def sbatch(script: Path, cwd: str | None = None) -> str:
+    """``sbatch --parsable SCRIPT`` in ``cwd`` (the job's log goes there); the new job's id."""
+    job_id = command("sbatch", "--parsable", str(script), cwd=cwd).stdout.strip().split(";")[0]
     if not JOB_ID.fullmatch(job_id):
         raise SlurmError(f"sbatch printed no job id: {job_id!r}")
     return job_id

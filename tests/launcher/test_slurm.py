@@ -13,10 +13,10 @@ import pytest
 
 from launcher import appspec, recipes, slurm
 from launcher.profiles import Profile
-from tests.conftest import run_launcher
+from tests.conftest import REPO, run_launcher
 
 FAKE = {
-    "sbatch": 'echo "$@" >"$FAKE_SLURM/sbatch.args"; cp "${@: -1}" "$FAKE_SLURM/submitted.sbatch"; echo "4242;ftlocal"',
+    "sbatch": 'echo "$@" >"$FAKE_SLURM/sbatch.args"; pwd >"$FAKE_SLURM/sbatch.cwd"; cp "${@: -1}" "$FAKE_SLURM/submitted.sbatch"; echo "4242;ftlocal"',
     "scontrol": '''echo "$@" >>"$FAKE_SLURM/scontrol.args"
 case "$*" in
   *" 4242") echo "JobId=4242 JobName=sft UserId=root(0) JobState=RUNNING Reason=None Restarts=1 RunTime=00:01:02 \
@@ -51,9 +51,12 @@ def test_render_prints_a_complete_sbatch_script(tmp_path):
     script = result.stdout
     for line in ["#SBATCH --job-name=sft-zero2", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1",
                  "#SBATCH --gpus-per-node=4", "#SBATCH --time=01:00:00", "#SBATCH --partition=gpu",
-                 f"#SBATCH --output={tmp_path}/sft-zero2/slurm-%j.out", "#SBATCH --signal=B:USR1@300",
-                 "#SBATCH --requeue", "learning_rate: 0.0001"]:
+                 "#SBATCH --signal=B:USR1@300", "#SBATCH --requeue", "learning_rate: 0.0001"]:
         assert line + "\n" in script, line
+    # Nothing Slurm opens before the script runs may be in the job's directory, which the script creates:
+    # so a plain `sbatch` of this file starts, its log going where sbatch ran.
+    assert "#SBATCH --output" not in script and "#SBATCH --chdir" not in script
+    assert f"\ncd {REPO} || exit 2  #" in script and 'mkdir -p "$job_dir"\n' in script
     assert ("python -m launcher.keeper --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d \\\n"
             '  --rdzv_endpoint "$head_addr:$rdzv_port" --rdzv_id "$SLURM_JOB_ID" \\\n'
             '  recipes/sft-zero2/train.py --config "$config" &\n') in script
@@ -112,6 +115,7 @@ def test_submit_runs_sbatch_parsable_and_says_where_the_log_is(fake_slurm):
     assert f"log:     {root}/out/sft/slurm-4242.out" in result.stdout
     script = root / "out" / "sft" / "job.sbatch"
     assert (root / "sbatch.args").read_text().split() == ["--parsable", str(script)]
+    assert (root / "sbatch.cwd").read_text() == f"{root}/out/sft\n"  # Slurm's default log file goes there
     assert script.read_text() == (root / "submitted.sbatch").read_text() == rendered  # what dry-run showed
 
 
@@ -196,13 +200,13 @@ def test_containers_mount_the_job_dir_unless_a_mount_covers_it(tmp_path):
     enroot = script({**container, "container": "enroot", "image": "img.sqsh"})
     assert f"--container-image=img.sqsh --container-workdir={recipes.REPO_ROOT} --container-mounts={tmp_path}/sft" \
         in enroot
-    assert f"#SBATCH --chdir={tmp_path}/sft\n" in enroot  # inside a container the job runs in its output dir
+    assert "\ncd " not in enroot  # the batch shell stays where sbatch ran; the container has its workdir
 
 
 def test_a_job_without_a_container_runs_in_the_workdir_with_its_venv_and_modules(tmp_path):
     text = script({"workdir": "/shared/src", "venv": "/shared/venv", "modules": ("cuda/12",),
                    "output_root": str(tmp_path), "max_retries": 7, "signal_lead": 90, "qos": "high"})
-    for line in ["#SBATCH --chdir=/shared/src", "module load cuda/12", "source /shared/venv/bin/activate",
+    for line in ["cd /shared/src || exit 2  # the checkout holding recipes/, on the nodes", "module load cuda/12", "source /shared/venv/bin/activate",
                  "max_retries=7", "#SBATCH --signal=B:USR1@90", "#SBATCH --qos=high"]:
         assert line + "\n" in text, line
     assert "apptainer" not in text and "--container-image" not in text
@@ -210,7 +214,7 @@ def test_a_job_without_a_container_runs_in_the_workdir_with_its_venv_and_modules
 
 def test_a_search_recipe_is_a_job_array_of_python_workers(tmp_path):
     text = script({"output_root": str(tmp_path)}, "optuna", workers=3)
-    assert "#SBATCH --array=0-2\n" in text and f"#SBATCH --output={tmp_path}/optuna/slurm-%A_%a.out\n" in text
+    assert "#SBATCH --array=0-2\n" in text and "# The log: slurm-<job id>.out (slurm-<job id>_<worker>.out)" in text
     assert "  python recipes/optuna/search.py --config \"$config\" &\n" in text and "launcher.keeper" not in text
 
 

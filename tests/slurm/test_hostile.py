@@ -106,9 +106,7 @@ def expected_block(job: slurm.SlurmRequest) -> list[str]:
     if opts.time:
         lines.append(f"--time={opts.time}")
     lines += [f"--{name}={getattr(opts, name)}" for name in ("partition", "account", "qos") if getattr(opts, name)]
-    chdir = job.workdir if opts.container == "none" else app.output_dir
-    lines += [f"--chdir={chdir}", f"--output={app.output_dir}/slurm-%j.out", "--open-mode=append",
-              f"--signal=B:USR1@{opts.signal_lead}", "--requeue"]
+    lines += ["--open-mode=append", f"--signal=B:USR1@{opts.signal_lead}", "--requeue"]
     return [f"#SBATCH {line}" for line in lines]
 
 
