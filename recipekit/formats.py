@@ -92,7 +92,7 @@ def detect(columns: Iterable[str], fmt: str, overrides: dict[str, str], first_ro
     for candidate in candidates:
         names = column_map(candidate, overrides)
         required, _ = SFT_COLUMNS[candidate]
-        if all(names[role] in found for role in required):
+        if all(names[role] in found for role in required) and (fmt != "auto" or fits(candidate, names, first_row)):
             present = {role: column for role, column in names.items() if column in found}
             return Shape(candidate, kind_of(candidate, present, first_row), present)
     shown = ", ".join(found) or "none"
@@ -102,6 +102,18 @@ def detect(columns: Iterable[str], fmt: str, overrides: dict[str, str], first_ro
     wanted = "; ".join(needs(f, overrides) for f in SFT_COLUMNS)
     raise DataError(f"{field}: {name!r} matches no known format; columns found: {shown}. Each format needs: "
                     f"{wanted} (set dataset_format, and dataset_columns for other column names)")
+
+
+def fits(fmt: str, columns: dict[str, str], row: dict[str, Any] | None) -> bool:
+    """Whether the first row holds the kind of value ``fmt`` keeps in its main column (a list of turns or text),
+    so that one column name shared by two formats (``dataset_text_field``) picks the right one."""
+    if row is None:
+        return True
+    main = {"messages": "messages", "sharegpt": "conversations", "alpaca": "instruction",
+            "prompt_completion": "prompt", "text": "text"}[fmt]
+    value = row.get(columns[main])
+    return isinstance(value, list) if fmt in ("messages", "sharegpt") else \
+        isinstance(value, (str, list)) if fmt == "prompt_completion" else isinstance(value, str)
 
 
 def kind_of(fmt: str, columns: dict[str, str], row: dict[str, Any] | None) -> str:

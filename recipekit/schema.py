@@ -29,6 +29,9 @@ class ModelOptions:
     load_in_8bit: bool = option(False, help="load the base model in bitsandbytes 8-bit")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = option(
         "sdpa", help="attention kernel")
+    default_chat_template: Optional[Literal["plain", "chatml"]] = option(
+        "plain", help="chat template for a tokenizer that has none (base models): plain (### Question / ### Answer "
+        "headings) or chatml (<|im_start|> markers); null = chat data needs the tokenizer's own")
 
     def may_load_quantized(self) -> bool:
         """Whether this process may load a model through bitsandbytes (beyond what model_name's config says)."""

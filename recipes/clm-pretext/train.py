@@ -78,7 +78,7 @@ def main(cfg: Config, check_only: bool) -> None:
 
 def load_text(cfg: Config, token: str | None):
     """The train split and (when there is one) the eval split, with a non-empty text column."""
-    def check_text(rows, name: str):
+    def check_text(rows, key: str, name: str):
         data.require_text_column(rows, "dataset_text_field", cfg.dataset_text_field, name)
         return rows
 

@@ -119,7 +119,7 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
     device = distributed.init_group()  # one process: a group of one, so the very same code path runs
     rank, world = dist.get_rank(), dist.get_world_size()
     loop.seed_everything(cfg.seed)
-    tokenizer = loading.load_tokenizer(model_path, cfg, token)
+    tokenizer = loading.load_tokenizer(model_path, cfg, token, chat=splits.kind == "chat")
     with distributed.main_first():
         train_rows = sft_data.tokenize(splits.train, tokenizer, cfg, splits.kind)
         eval_rows = sft_data.tokenize(splits.eval, tokenizer, cfg, splits.kind) if splits.eval is not None else None
@@ -127,7 +127,7 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
 
     lm = loading.load_model(model_path, cfg, cfg, token)
     resume_from = checkpoint.resume_point(cfg)
-    metrics = {**outputs.run_facts(RECIPE, resume_from, device), "schedule": cfg.schedule,
+    metrics = {**outputs.run_facts(RECIPE, resume_from, device), **sft_data.facts(splits), "schedule": cfg.schedule,
                "n_microbatches": cfg.n_microbatches}
     if resume_from is None:  # rank 0 answers the held-out questions with the whole model (the others wait)
         metrics["hit_rate_before"] = hit_rate(lm, tokenizer, splits, cfg, device)
@@ -259,7 +259,7 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
         metrics.update(hit_rate_after=hit_rate(full_model, tokenizer, splits, cfg, device), model=str(final))
 
     def summary(written: dict, output_dir: str) -> None:
-        sft_data.print_summary(written, output_dir)
+        sft_data.print_summary(written, output_dir, sft_data.sample_question(splits))
         print(f"first-step loss {first_logged}; {step} steps in {runtime:.0f} s on {world} stage(s)")
 
     outputs.finish(cfg, RECIPE, metrics, history, summary, title=f"{RECIPE}: {cfg.model_name}, {world} stages")

@@ -14,6 +14,7 @@ metrics.json, loss.png, resolved_config.yaml.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -225,12 +226,12 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOn
     device = distributed.init_group()
     loop.seed_everything(cfg.seed)
     ws, model_path = distributed.world_size(), models.resolve(cfg.model_name)
-    tokenizer = loading.load_tokenizer(model_path, cfg, token)
+    tokenizer = loading.load_tokenizer(model_path, cfg, token, chat=splits.kind == "chat")
     with distributed.main_first():  # rank 0 tokenizes (and fills the datasets cache) first
         train_items, eval_items = [sft_data.pack_items(sft_data.tokenize(split, tokenizer, cfg, splits.kind), cfg)
                                    if split is not None else [] for split in (splits.train, splits.eval)]
     if not train_items:
-        raise DataError(f"dataset_text_field: no tokens in column {cfg.dataset_text_field!r} of {cfg.dataset_name!r}")
+        raise DataError(f"dataset_name: no tokens in the {splits.format} rows of {cfg.dataset_name!r}")
     pad_id = tokenizer.pad_token_id
 
     model = loading.load_model(model_path, cfg, cfg, token).to(device)
@@ -309,7 +310,8 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOn
 
     # Evaluate and save.
     metrics: dict[str, Any] = {
-        **outputs.run_facts(RECIPE, resume_from, device), "global_step": state["step"], "steps_per_epoch": per_epoch,
+        **outputs.run_facts(RECIPE, resume_from, device), **sft_data.facts(splits), "global_step": state["step"],
+        "steps_per_epoch": per_epoch,
         "train_runtime_s": round(runtime, 1), "train_loss": sum(run_losses) / len(run_losses) if run_losses else None,
         "eval_loss_before": state.get("eval_loss_before"), "hit_rate_before": state.get("hit_rate_before")}
     if eval_items:
@@ -320,7 +322,8 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOn
     if distributed.is_main():
         metrics["hit_rate_after"] = sft_data.hit_rate(exported, tokenizer, splits.hit_rows, cfg, cfg,
                                                       loading.train_dtype(cfg), adapter=True)
-    outputs.finish(cfg, RECIPE, metrics, state["log_history"], sft_data.print_summary)
+    outputs.finish(cfg, RECIPE, metrics, state["log_history"],
+                   functools.partial(sft_data.print_summary, question=sft_data.sample_question(splits)))
     hub.push(cfg, exported, tokenizer, token)
     distributed.barrier()
     return metrics

@@ -98,3 +98,15 @@ def test_preference_pairs_explicit_and_implicit():
         formats.split_implicit([ASK, REPLY], [{"role": "user", "content": "Other?"}, REPLY])
     with pytest.raises(DataError, match="matches no preference format; columns found: good, bad"):
         formats.detect_pairs(["good", "bad"], "auto", names, "x")
+
+
+def test_auto_detection_checks_the_values_where_one_column_name_serves_two_formats():
+    """dataset_text_field names the messages and the text column alike: the values say which it is."""
+    names = {"messages": "body", "text": "body"}
+    chats = dataset([{"body": [ASK, REPLY]}])
+    texts = dataset([{"body": "Check-out is at 11:00."}])
+    assert formats.detect(chats.column_names, "auto", names, chats[0], "x").format == "messages"
+    assert formats.detect(texts.column_names, "auto", names, texts[0], "x").format == "text"
+    both = dataset([{"instruction": "When is check-out?", "output": "At 11:00.", "text": "Check-out: 11:00."}])
+    assert formats.detect(both.column_names, "auto", {}, both[0], "x").format == "alpaca"
+    assert formats.detect(both.column_names, "text", {}, both[0], "x").format == "text"

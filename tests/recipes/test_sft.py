@@ -52,6 +52,7 @@ def test_lora_trains_and_every_output_loads(lora_run):
     assert len(losses) == 8 and losses[-1] < losses[0]
     assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
     assert 0.0 <= metrics["hit_rate_after"] <= 1.0 and metrics["global_step"] == 8
+    assert (metrics["dataset_format"], metrics["train_examples"], metrics["eval_examples"]) == ("messages", 48, 8)
     assert (out / "loss.png").stat().st_size > 0 and list((out / "runs").rglob("events.out.tfevents*"))
     assert "launcher try" in result.stdout and "held-out answer hit rate" in result.stdout
 
@@ -120,6 +121,91 @@ def test_two_ranks_stay_identical_and_end_where_one_process_does_with_the_same_g
     assert trained > 1e-3  # the adapters did move away from their zero start
     gap = max(float((adapters[0][name] - adapters[1][name]).abs().max()) for name in adapters[0])
     assert gap <= 1e-6, f"2-rank and 1-process weights differ by up to {gap}"
+
+
+SPEAKER = {"system": "system", "user": "human", "assistant": "gpt"}
+# The hotel conversations rewritten in each other format: (file suffix, row maker, extra keys).
+FORMATS = {
+    "sharegpt": (".jsonl", lambda m: {"conversations": [{"from": SPEAKER[t["role"]], "value": t["content"]}
+                                                        for t in m]}, ()),
+    # CSV with other column names: mapped by dataset_columns.
+    "alpaca": (".csv", lambda m: {"question": m[-2]["content"], "context": "", "reply": m[-1]["content"]},
+               ("dataset_columns={instruction: question, input: context, output: reply}",)),
+    "prompt_completion": (".jsonl", lambda m: {"prompt": f"Question: {m[-2]['content']}\nAnswer:",
+                                               "completion": " " + m[-1]["content"]}, ()),
+    # Alpaca columns too, which auto detection would pick: dataset_format insists on the text.
+    "text": (".parquet", lambda m: {"text": f"{m[-2]['content']} {m[-1]['content']}",
+                                    "instruction": m[-2]["content"], "output": "-"}, ("dataset_format=text",)),
+}
+
+
+def write_rows(path: Path, rows: list[dict]) -> str:
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    {".jsonl": lambda: frame.to_json(path, orient="records", lines=True), ".csv": lambda: frame.to_csv(path, index=False),
+     ".parquet": lambda: frame.to_parquet(path)}[path.suffix]()
+    return str(path)
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_each_data_format_trains_by_config_alone(fmt, tmp_path, tiny_model, small_hotel):
+    """The first 24 hotel conversations as a file in another format: recognised (or named), converted, trained."""
+    suffix, make_row, keys = FORMATS[fmt]
+    conversations = [json.loads(line)["messages"] for line in Path(small_hotel["train"]).read_text().splitlines()]
+    data = write_rows(tmp_path / f"train{suffix}", [make_row(m) for m in conversations[:24]])
+    out = tmp_path / "out"
+    result = sft(out, tiny_model, {"train": data, "eval": data}, "max_steps=3", "merge_adapter=false",
+                 "save_steps=10", *keys)
+    metrics = read_metrics(out)
+    kind = {"prompt_completion": "completion", "text": "text"}.get(fmt, "chat")
+    assert (metrics["dataset_format"], metrics["data_kind"], metrics["train_examples"]) == (fmt, kind, 24)
+    assert len(logged_losses(metrics)) == 3 and metrics["eval_loss_after"] < metrics["eval_loss_before"]
+    assert ("chat with it: launcher try" in result.stdout) and (("--prompt" in result.stdout) == (kind != "text"))
+
+
+def test_string_completions_score_held_out_answers_by_token_f1(tmp_path, tiny_model, small_hotel):
+    """Prompt/completion strings with an eval split: the reference is the completion itself."""
+    rows = [json.loads(line) for line in Path(small_hotel["eval"]).read_text().splitlines()]
+    evals = write_rows(tmp_path / "eval.jsonl", [FORMATS["prompt_completion"][1](r["messages"]) for r in rows])
+    out = tmp_path / "out"
+    sft(out, tiny_model, {"train": evals, "eval": evals}, "max_steps=2", "merge_adapter=false", "save_steps=10",
+        "eval_answer_field=completion", "eval_answer_metric=token_f1")
+    metrics = read_metrics(out)
+    assert metrics["data_kind"] == "completion" and metrics["eval_examples"] == 8
+    assert metrics["hit_rate_before"] is not None and metrics["hit_rate_after"] is not None
+
+
+def test_a_base_model_without_a_chat_template_trains_chat_data_with_the_configured_one(tmp_path, tiny_model,
+                                                                                       small_hotel):
+    from transformers import AutoTokenizer
+
+    from tests.recipekit.test_loading import base_model_dir
+
+    base = base_model_dir(tiny_model, tmp_path)
+    out = tmp_path / "out"
+    sft(out, tiny_model, small_hotel, f"model_name={base}", "default_chat_template=chatml", "max_steps=2",
+        "save_steps=10", "eval_answer_field=null")
+    for saved in ("model", "merged"):  # saved with the model: it chats the way it was trained
+        assert AutoTokenizer.from_pretrained(out / saved).chat_template.startswith("{%- for message in messages %}"
+                                                                                   "{{ '<|im_start|>'")
+    refused = run_launcher(*sft_args(tmp_path / "refused", tiny_model, small_hotel, f"model_name={base}",
+                                     "default_chat_template=null"))
+    assert refused.returncode == 2 and refused.stderr.splitlines() == [
+        f"error: default_chat_template: the tokenizer of {base!r} has no chat template, which chat data needs; set "
+        "default_chat_template to plain or chatml, or bring prompt/completion strings"]
+
+
+def test_a_file_of_no_known_format_is_one_error_before_anything_loads(tmp_path):
+    data = write_rows(tmp_path / "rows.csv", [{"question": "q", "reply": "r"}])
+    out = tmp_path / "out"
+    result = run_launcher("run", "recipes/sft", "--set", f"dataset_name={data}", "--set", f"output_dir={out}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: dataset_name: {data!r} matches no known format; columns found: question, reply. "
+                           "Each format needs: messages: messages; sharegpt: conversations; alpaca: instruction, "
+                           "output (+ input, system); prompt_completion: prompt, completion; text: text")
+    assert not out.exists()
 
 
 @pytest.mark.gpu

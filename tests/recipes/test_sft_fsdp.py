@@ -117,6 +117,22 @@ def test_checkpoint_of_two_ranks_resumes_in_one_process(two_rank_run, tmp_path, 
 # SIGTERM → checkpoint → exit 143 → exact resume: tests/recipes/test_fault_tolerance.py (2 processes).
 
 
+def test_string_completions_train_in_the_hand_written_loop(tmp_path, tiny_model, small_hotel):
+    """Prompt/completion strings: tokenized without a chat template, trained on the completion only."""
+    import json
+
+    from tests.recipes.test_sft import FORMATS, write_rows
+
+    make_row = FORMATS["prompt_completion"][1]
+    rows = [make_row(json.loads(line)["messages"]) for line in Path(small_hotel["train"]).read_text().splitlines()]
+    data = write_rows(tmp_path / "pc.jsonl", rows[:24])
+    out = tmp_path / "out"
+    fsdp(out, tiny_model, {"train": data, "eval": data}, "max_steps=3", "save_steps=10", nproc=1)
+    metrics = read_metrics(out)
+    assert (metrics["dataset_format"], metrics["data_kind"]) == ("prompt_completion", "completion")
+    assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
+
+
 def test_bad_config_is_refused_before_anything_loads():
     result = run_launcher("run", "recipes/sft-fsdp", "--nproc", "2", "--set", "load_in_4bit=true",
                           "--set", "bf16=false", "--set", "fp16=true")
