@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from recipekit import checkpoint, distributed, evaluate, optim, replicas
+from recipekit import checkpoint, distributed, evaluate, optim, replicas, updates
 from recipekit.errors import Preempted
 from recipekit.preemption import StopOnSignal
 from recipekit.schema import TrainingOptions
@@ -52,13 +52,16 @@ class RecipeTrainerMixin:
       could delete the newest complete checkpoint).
     - The optimizer follows ``layer_lr_decay`` and ``lr_multipliers`` (``optim``), built once the
       Trainer has wrapped the model, so LoRA's trainable parameters are the ones grouped.
-    - ``stop`` saves and stops the run on a signal; the replica guard compares data-parallel ranks.
+    - ``stop`` saves and stops the run on a signal; the replica guard compares data-parallel ranks; the
+      first-update guard (``updates``) stops a run in which a trainable parameter group does not move.
     """
 
     def __init__(self, *args, options: TrainingOptions, stop: StopOnSignal, callbacks=(), **kwargs):
         self.recipe_options, self.stop_on_signal = options, stop
         self.replica_guard = replicas.trainer_callback(options.replica_check_steps)
         callbacks = [stop.trainer_callback(), self.replica_guard, *callbacks, *(make() for make in added_callbacks)]
+        if not getattr(kwargs.get("args"), "deepspeed", None):  # DeepSpeed's optimizer holds flat copies, not the model's tensors
+            callbacks.append(updates.trainer_callback())
         super().__init__(*args, callbacks=callbacks, **kwargs)
 
     def create_optimizer(self, model=None):

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from recipekit import (checkpoint, distributed, entry, hub, loading, loop, models, optim, outputs, pipelining, replicas,
-                       sft_data)
+                       sft_data, updates)
 from recipekit.config import option
 from recipekit.data import IGNORE_INDEX
 from recipekit.errors import Preempted, UsageError
@@ -157,6 +157,7 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
     tied_weight = (stage.model.embed_tokens if first else stage.lm_head).weight if tied and (first or last) else None
     checked: list[int] = []
     optimizer = optim.adamw(stage, cfg)  # layer-wise LR decay / multipliers, by the full model's names
+    first_update = updates.FirstUpdateCheck()
     step_rows = cfg.batch_size * cfg.gradient_accumulation_steps
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(
         cfg.num_train_epochs * len(train_rows) / step_rows)
@@ -209,7 +210,9 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
             dist.all_reduce((stage.model.embed_tokens if first else stage.lm_head).weight.grad, group=tie_group)
         grad_norm = pipelining.clip_global_grad_norm(owned, list(stage.parameters()), cfg.max_grad_norm, device)
         lr = scheduler.get_last_lr()[0]
+        first_update.before(optimizer, stage)
         optimizer.step()
+        first_update.after(optimizer)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step, state["samples_seen"] = step + 1, state["samples_seen"] + step_rows

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recipekit import checkpoint, distributed, entry, hub, loading, loop, models, optim, outputs, sft_data
+from recipekit import (checkpoint, distributed, entry, hub, loading, loop, models, optim, outputs, sft_data,
+                       updates)
 from recipekit.config import option
 from recipekit.errors import DataError, Preempted
 from recipekit.preemption import StopOnSignal
@@ -242,7 +243,7 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOn
                                                      loading.train_dtype(cfg), adapter=False)
         distributed.barrier()
     model = shard(model, cfg, device)
-    optimizer = optim.adamw(model, cfg)
+    optimizer, first_update = optim.adamw(model, cfg), updates.FirstUpdateCheck()
     per_epoch = steps_per_epoch(len(train_items), cfg)
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * per_epoch)
     scheduler = loop.scheduler(cfg.lr_scheduler_type, optimizer, math.ceil(cfg.warmup_ratio * total), total)
@@ -278,7 +279,9 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOn
                 (loss * ws / max(tokens, 1)).backward()
                 step_loss += loss.item()
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
+            first_update.before(optimizer, model)
             optimizer.step()
+            first_update.after(optimizer)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             (loss_sum,) = distributed.all_sum(step_loss)
