@@ -18,16 +18,16 @@ from typing import Any
 from recipekit import (checkpoint, cpu_speedups, distributed, evaluate, hub, loading, lora, models, outputs, sft_data,
                        trainers)
 from recipekit.preemption import StopOnSignal
-from recipekit.schema import LoraOptions, ModelOptions, TrainingOptions
+from recipekit.schema import LoraOptions, ModelOptions, TrackingOptions, TrainingOptions
 from recipekit.sft_data import SFTDataOptions
 
 log = logging.getLogger("recipekit.sft")
 
 
 @dataclass
-class Options(SFTDataOptions, TrainingOptions, LoraOptions, ModelOptions):
+class Options(SFTDataOptions, TrackingOptions, TrainingOptions, LoraOptions, ModelOptions):
     def check(self) -> list[str]:
-        problems = self.check_model() + self.check_training() + self.check_data()
+        problems = self.check_model() + self.check_training() + self.check_tracking() + self.check_data()
         return problems + self.check_lora(quantized=self.load_in_4bit or self.load_in_8bit)
 
 
@@ -58,8 +58,8 @@ def build(cfg: Options, splits: sft_data.SFTData, token: str | None, stop: StopO
     tokenizer = loading.load_tokenizer(model_path, cfg, token, chat=splits.kind == "chat")
     model = loading.load_model(model_path, cfg, cfg, token)
     # Evaluation scores reply positions only, never full logits, so it takes 4x batches.
-    args = SFTConfig(**trainers.arguments(cfg, eval_batch_scale=4), max_length=cfg.seq_length, packing=cfg.packing,
-                     dataset_text_field="text", deepspeed=deepspeed)
+    args = SFTConfig(**trainers.arguments(cfg, eval_batch_scale=4, recipe=recipe), max_length=cfg.seq_length,
+                     packing=cfg.packing, dataset_text_field="text", deepspeed=deepspeed)
     trainer = Trainer(
         model=model, args=args, processing_class=tokenizer, options=cfg, stop=stop, callbacks=callbacks,
         train_dataset=sft_data.to_trl_format(splits.train, cfg, splits.kind),

@@ -29,7 +29,7 @@ from recipekit import (checkpoint, cpu_speedups, data, distributed, entry, evalu
 from recipekit.config import option
 from recipekit.errors import DataError
 from recipekit.preemption import StopOnSignal
-from recipekit.schema import LoraOptions, ModelOptions, TrainingOptions
+from recipekit.schema import LoraOptions, ModelOptions, TrackingOptions, TrainingOptions
 
 log = logging.getLogger("recipes.dpo")
 RECIPE = "dpo"
@@ -62,9 +62,9 @@ class DPOOptions:
 
 
 @dataclass
-class Config(PreferenceDataOptions, DPOOptions, TrainingOptions, LoraOptions, ModelOptions):
+class Config(PreferenceDataOptions, DPOOptions, TrackingOptions, TrainingOptions, LoraOptions, ModelOptions):
     def check(self) -> list[str]:
-        problems = self.check_model() + self.check_training()
+        problems = self.check_model() + self.check_training() + self.check_tracking()
         problems += self.check_lora(quantized=self.load_in_4bit or self.load_in_8bit) + self.check_data()
         seen: dict[str, str] = {}
         for key in ("prompt_field", "chosen_field", "rejected_field"):
@@ -178,8 +178,8 @@ def train(cfg: Config, pairs: Pairs, model_path: str, tokenizer, token: str | No
 
     before_row: dict = {}
     model = loading.load_model(model_path, cfg, cfg, token)
-    args = DPOConfig(**trainers.arguments(cfg), beta=cfg.beta, loss_type=[cfg.loss_type], max_length=cfg.max_length,
-                     precompute_ref_log_probs=cfg.precompute_ref_log_probs)
+    args = DPOConfig(**trainers.arguments(cfg, recipe=RECIPE), beta=cfg.beta, loss_type=[cfg.loss_type],
+                     max_length=cfg.max_length, precompute_ref_log_probs=cfg.precompute_ref_log_probs)
     # ref_model=None: with a peft_config the reference is this same model with its adapter disabled;
     # without one (full fine-tuning) TRL loads a second, frozen copy of the model as the reference,
     # unless precompute_ref_log_probs scores every pair with it once, before training.
