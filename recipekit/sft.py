@@ -98,7 +98,8 @@ def save(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
     metrics["hit_rate_after"] = sft_data.hit_rate(trainer.model, tokenizer, run.splits.hit_rows, cfg, cfg,
                                                   loading.train_dtype(cfg), adapter=True)
     metrics.update(outputs.save_final(trainer, tokenizer, cfg.output_dir, run.model_path, cfg, cfg, run.token))
-    summary = functools.partial(sft_data.print_summary, question=sft_data.sample_question(run.splits))
-    outputs.finish(cfg, run.recipe, metrics, trainer.state.log_history, summary)
+    question = sft_data.sample_question(run.splits)
+    summary = functools.partial(sft_data.print_summary, question=question)
+    outputs.finish(cfg, run.recipe, metrics, trainer.state.log_history, summary, question=question)
     hub.push(cfg, trainer.model, tokenizer, run.token)
     return metrics

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from recipekit import data, distributed, evaluate, formats, lora
+from recipekit import card, data, distributed, evaluate, formats, lora
 from recipekit.config import option
 from recipekit.data import IGNORE_INDEX
 from recipekit.errors import DataError
@@ -243,12 +243,4 @@ def print_summary(metrics: dict, output_dir: str, question: str | None = None) -
         shown = "n/a" if before is None else f"{before:.4f}"
         print(f"eval loss: {shown} -> {metrics['eval_loss_after']:.4f}")
     print(f"outputs in {Path(output_dir).resolve()}")
-    print(f"chat with it: {try_command(output_dir, question)}")
-
-
-def try_command(output_dir: str, question: str | None) -> str:
-    """The ``launcher try`` line, its prompt shell-quoted (it comes from the user's data)."""
-    import shlex
-
-    line = f"launcher try {shlex.quote(str(output_dir))}"
-    return line if not question else f"{line} --prompt {shlex.quote(' '.join(question.split())[:200])}"
+    print(f"chat with it: {card.try_command(output_dir, question)}")

@@ -52,7 +52,8 @@ def check(report_to: str | list[str]) -> list[str]:
             if importlib.util.find_spec(PACKAGES[name]) is None]
 
 
-def configure(names: Iterable[str], output_dir: str, recipe: str, run_name: str, main_process: bool = True) -> list[str]:
+def configure(names: Iterable[str], output_dir: str, recipe: str, run_name: str,
+              main_process: bool = True) -> list[str]:
     """Point the chosen trackers at ``output_dir`` where their env vars leave it open; the Trainer's
     ``report_to`` list. On the main process (the only one that logs) the MLflow run starts here, so that
     the evaluation after training and the run's final metrics (``finish``) land in the same run."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from recipekit import checkpoint, distributed, evaluate, optim, replicas, tracking, updates
+from recipekit import checkpoint, distributed, evaluate, optim, progress, replicas, tracking, updates
 from recipekit.errors import Preempted
 from recipekit.preemption import StopOnSignal
 from recipekit.schema import TrackingOptions, TrainingOptions
@@ -29,8 +29,8 @@ def arguments(train: TrainingOptions, eval_batch_scale: int = 1, recipe: str = "
     chosen = train.report_to if isinstance(train, TrackingOptions) else "tensorboard"
     run_name = f"{recipe}: {Path(train.output_dir).name}"
     report_to = tracking.configure(tracking.trackers(chosen), train.output_dir, recipe, run_name, distributed.is_main())
-    return dict(report_to=report_to or "none", run_name=run_name, project=tracking.PROJECT,use_cpu=not torch.cuda.is_available(),
-        output_dir=train.output_dir, learning_rate=train.learning_rate,
+    return dict(report_to=report_to or "none", run_name=run_name, project=tracking.PROJECT,
+        use_cpu=not torch.cuda.is_available(), output_dir=train.output_dir, learning_rate=train.learning_rate,
         per_device_train_batch_size=train.batch_size,
         per_device_eval_batch_size=train.batch_size * eval_batch_scale,
         gradient_accumulation_steps=train.gradient_accumulation_steps, num_train_epochs=train.num_train_epochs,
@@ -40,7 +40,7 @@ def arguments(train: TrainingOptions, eval_batch_scale: int = 1, recipe: str = "
         activation_checkpointing_kwargs=train.gradient_checkpointing_kwargs, logging_steps=train.logging_steps,
         logging_first_step=True, save_strategy="steps", save_steps=train.save_steps,
         save_total_limit=train.save_total_limit, eval_strategy="no",
-        push_to_hub=False, disable_tqdm=True,
+        push_to_hub=False, disable_tqdm=True, include_num_input_tokens_seen="non_padding",
         ddp_find_unused_parameters=False, dataloader_pin_memory=False,
     )
 
@@ -55,15 +55,20 @@ class RecipeTrainerMixin:
       Trainer has wrapped the model, so LoRA's trainable parameters are the ones grouped.
     - ``stop`` saves and stops the run on a signal; the replica guard compares data-parallel ranks; the
       first-update guard (``updates``) stops a run in which a trainable parameter group does not move.
+    - Progress: one line per logging step from the job's first process (``progress``), instead of the
+      Trainer's dict per log from every node.
     """
 
     def __init__(self, *args, options: TrainingOptions, stop: StopOnSignal, callbacks=(), **kwargs):
         self.recipe_options, self.stop_on_signal = options, stop
         self.replica_guard = replicas.trainer_callback(options.replica_check_steps)
         callbacks = [stop.trainer_callback(), self.replica_guard, *callbacks, *(make() for make in added_callbacks)]
-        if not getattr(kwargs.get("args"), "deepspeed", None):  # DeepSpeed's optimizer holds flat copies, not the model's tensors
+        if not getattr(kwargs.get("args"), "deepspeed", None):  # DeepSpeed's optimizer holds flat copies
             callbacks.append(updates.trainer_callback())
-        super().__init__(*args, callbacks=callbacks, **kwargs)
+        super().__init__(*args, callbacks=[*callbacks, progress.trainer_callback()], **kwargs)
+        from transformers.trainer_callback import PrinterCallback
+
+        self.remove_callback(PrinterCallback)  # a dict per log from every node: the progress line replaces it
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:

@@ -18,14 +18,15 @@ loss.png, resolved_config.yaml, runs/ (TensorBoard).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from recipekit import (checkpoint, cpu_speedups, data, distributed, entry, evaluate, formats, hub, loading, lora,
-                       models, outputs, trainers)
+from recipekit import (card, checkpoint, cpu_speedups, data, distributed, entry, evaluate, formats, hub, loading,
+                       lora, models, outputs, trainers)
 from recipekit.config import option
 from recipekit.errors import DataError
 from recipekit.preemption import StopOnSignal
@@ -215,7 +216,9 @@ def train(cfg: Config, pairs: Pairs, model_path: str, tokenizer, token: str | No
             metrics[f"{key}_before"] = before.get(f"eval_{key}")
             metrics[f"{key}_after"] = value
     metrics.update(outputs.save_final(trainer, tokenizer, cfg.output_dir, model_path, cfg, cfg, token))
-    outputs.finish(cfg, RECIPE, metrics, trainer.state.log_history, print_summary)
+    question = sample_question(pairs)
+    outputs.finish(cfg, RECIPE, metrics, trainer.state.log_history,
+                   functools.partial(print_summary, question=question), question=question)
     hub.push(cfg, trainer.model, tokenizer, token)
     return metrics
 
@@ -260,7 +263,15 @@ def preference_eval(trainer, beta: float) -> dict[str, float]:
             "logp_margin": (chosen - rejected).mean().item()}
 
 
-def print_summary(metrics: dict, output_dir: str) -> None:
+def sample_question(pairs: Pairs) -> str | None:
+    """A prompt from the user's own eval (else train) pairs to suggest trying: its last user turn, or the string."""
+    prompt = (pairs.eval if pairs.eval is not None else pairs.train)[0]["prompt"]
+    if isinstance(prompt, str):
+        return prompt.strip() or None
+    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), None)
+
+
+def print_summary(metrics: dict, output_dir: str, question: str | None = None) -> None:
     def show(key: str, percent: bool = False) -> str:
         value = metrics.get(key)
         if value is None:
@@ -276,7 +287,7 @@ def print_summary(metrics: dict, output_dir: str) -> None:
         print(f"held-out likelihood accuracy (log p(chosen) > log p(rejected)): "
               f"{show('likelihood_accuracy_before', True)} -> {show('likelihood_accuracy_after', True)}")
     print(f"outputs in {Path(output_dir).resolve()}")
-    print(f'chat with it: launcher try {output_dir} --prompt "What time is check-in?"')
+    print(f"chat with it: {card.try_command(output_dir, question)}")
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ from typing import Literal, Optional
 import torch
 import torch.distributed as dist
 
-from recipekit import (checkpoint, distributed, entry, hub, loading, loop, models, optim, outputs, pipelining, replicas,
-                       sft_data, updates)
+from recipekit import (checkpoint, distributed, entry, hub, loading, loop, models, optim, outputs, pipelining,
+                       progress, replicas, sft_data, updates)
 from recipekit.config import option
 from recipekit.data import IGNORE_INDEX
 from recipekit.errors import Preempted, UsageError
@@ -197,9 +197,11 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
         metrics["eval_loss_before"] = before
         state["log_history"].append({"step": 0, "eval_loss": before})
     history, step, run_losses, started = state["log_history"], state["global_step"], [], time.time()
+    meter = progress.Meter(step)
     while step < total_steps:
         indices = stream_indices(len(train_rows), cfg.seed, state["samples_seen"], step_rows)
         batch = collate(train_rows.select(indices).to_list())
+        meter.add(int(batch["attention_mask"].sum()))
         loss_fn.denominator = max(loop.label_tokens(batch["labels"]), 1)
         losses: list = []
         for part in range(cfg.gradient_accumulation_steps):
@@ -221,7 +223,7 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
         if step == 1 or step % cfg.logging_steps == 0 or step == total_steps:
             history.append({"step": step, "epoch": state["samples_seen"] / len(train_rows), "loss": loss,
                             "grad_norm": grad_norm, "learning_rate": lr})
-            log.info("step %d/%d  loss %.4f  grad_norm %.3f  lr %.2e", step, total_steps, loss, grad_norm, lr)
+            log.info(meter.line(step, total_steps, history[-1]))
         state["global_step"] = step
         stopping = stop.agreed()
         saving = stopping or step % cfg.save_steps == 0
@@ -265,7 +267,8 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
         sft_data.print_summary(written, output_dir, sft_data.sample_question(splits))
         print(f"first-step loss {first_logged}; {step} steps in {runtime:.0f} s on {world} stage(s)")
 
-    outputs.finish(cfg, RECIPE, metrics, history, summary, title=f"{RECIPE}: {cfg.model_name}, {world} stages")
+    outputs.finish(cfg, RECIPE, metrics, history, summary, title=f"{RECIPE}: {cfg.model_name}, {world} stages",
+                   question=sft_data.sample_question(splits))
     hub.push(cfg, full_model, tokenizer, token)
     distributed.barrier()
     distributed.shutdown()

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recipekit import (checkpoint, distributed, entry, hub, loading, loop, models, optim, outputs, sft_data,
-                       updates)
+from recipekit import (checkpoint, distributed, entry, hub, loading, loop, models, optim, outputs, progress,
+                       sft_data, updates)
 from recipekit.config import option
 from recipekit.errors import DataError, Preempted
 from recipekit.preemption import StopOnSignal
@@ -262,6 +262,7 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOn
     # Train: each optimizer step takes up to gradient_accumulation_steps micro-batches of the current epoch.
     model.train()
     started, window, run_losses, saved_at = time.time(), [], [], state["step"]
+    meter = progress.Meter(state["step"])
     while state["step"] < total:
         batches = rank_batches(len(train_items), cfg, state["epoch"], state["position"])
         if not batches:  # a checkpoint taken on a longer dataset, at the end of this epoch
@@ -270,7 +271,9 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOn
         for start in range(0, len(batches), cfg.gradient_accumulation_steps):
             group = batches[start:start + cfg.gradient_accumulation_steps]
             micro = [sft_data.collate_items([train_items[i] for i in ids], pad_id, device) for ids in group]
-            (tokens,) = distributed.all_sum(sum(loop.label_tokens(b["labels"]) for b in micro))
+            tokens, seen = distributed.all_sum(sum(loop.label_tokens(b["labels"]) for b in micro),
+                                               sum(len(train_items[i]["input_ids"]) for ids in group for i in ids))
+            meter.add(seen)
             step_loss = 0.0
             for k, batch in enumerate(micro):
                 model.set_requires_gradient_sync(k == len(micro) - 1)
@@ -298,8 +301,7 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOn
                        "learning_rate": scheduler.get_last_lr()[0], "grad_norm": float(norm)}
                 state["log_history"].append(row)
                 window = []
-                log.info("step %d/%d  loss %.4f  lr %.3g  grad_norm %.3f  (%.2f s/step)", step, total, row["loss"],
-                         row["learning_rate"], row["grad_norm"], (time.time() - started) / len(run_losses))
+                log.info(meter.line(step, total, row))
             if step % cfg.save_steps == 0 or step == total:
                 save_checkpoint(model, optimizer, scheduler, state, cfg)
                 saved_at = step
@@ -325,8 +327,9 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOn
     if distributed.is_main():
         metrics["hit_rate_after"] = sft_data.hit_rate(exported, tokenizer, splits.hit_rows, cfg, cfg,
                                                       loading.train_dtype(cfg), adapter=True)
+    question = sft_data.sample_question(splits)
     outputs.finish(cfg, RECIPE, metrics, state["log_history"],
-                   functools.partial(sft_data.print_summary, question=sft_data.sample_question(splits)))
+                   functools.partial(sft_data.print_summary, question=question), question=question)
     hub.push(cfg, exported, tokenizer, token)
     distributed.barrier()
     return metrics

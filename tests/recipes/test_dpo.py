@@ -89,6 +89,9 @@ def test_lora_raises_held_out_preference_and_the_adapter_loads(lora_run, small_p
     assert metrics["logp_margin_after"] > metrics["logp_margin_before"] + 0.5
     assert metrics["likelihood_accuracy_after"] >= metrics["likelihood_accuracy_before"]
     assert "held-out preference accuracy" in result.stdout and "held-out reward margin" in result.stdout
+    card = (out / "model" / "README.md").read_text()
+    assert f"| held-out preference accuracy | 0.0% | {100 * metrics['preference_accuracy_after']:.1f}% |" in card
+    assert "library_name: peft" in card and "recipe of ft-recipes" in card
     assert (out / "loss.png").stat().st_size > 0 and list((out / "runs").rglob("events.out.tfevents*"))
     resolved = (out / "resolved_config.yaml").read_text()
     assert "chosen_field: good" in resolved and "loss_type: sigmoid" in resolved

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def lora_run(tmp_path_factory, tiny_model, small_hotel):
     return out, result, read_metrics(out)
 
 
-def test_lora_trains_and_every_output_loads(lora_run):
+def test_lora_trains_and_every_output_loads(lora_run, small_hotel):
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
@@ -54,7 +55,28 @@ def test_lora_trains_and_every_output_loads(lora_run):
     assert 0.0 <= metrics["hit_rate_after"] <= 1.0 and metrics["global_step"] == 8
     assert (metrics["dataset_format"], metrics["train_examples"], metrics["eval_examples"]) == ("messages", 48, 8)
     assert (out / "loss.png").stat().st_size > 0 and list((out / "runs").rglob("events.out.tfevents*"))
-    assert "launcher try" in result.stdout and "held-out answer hit rate" in result.stdout
+    assert "held-out answer hit rate" in result.stdout
+    # The suggested question is the first held-out one of the user's own data.
+    first = json.loads(Path(small_hotel["eval"]).read_text().splitlines()[0])["messages"][0]["content"]
+    assert f"chat with it: launcher try {out} --prompt '{first}'" in result.stdout
+    # One progress line per logging step, in place of the Trainer's dicts.
+    progress = [line for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in progress] == [f"{step}/8" for step in range(1, 9)]
+    assert all(" tokens/s  elapsed " in line and "  ETA " in line and "  loss " in line for line in progress)
+    assert "{'loss'" not in result.stdout
+
+    # Model cards: the base model, the data, the measured numbers, how to load it and try it.
+    cards = {name: (out / name / "README.md").read_text() for name in ("model", "merged")}
+    before, after = metrics["hit_rate_before"], metrics["hit_rate_after"]
+    for name, card in cards.items():
+        assert f"| held-out answer hit rate | {100 * before:.1f}% | {100 * after:.1f}% |" in card
+        assert f"| held-out eval loss | {metrics['eval_loss_before']:.4f} | {metrics['eval_loss_after']:.4f} |" in card
+        assert f"- train: `{small_hotel['train']}`" in card and "random 2-layer Llama" in card
+        assert f"launcher try {out} --prompt '{first}'" in card and "model_name: tiny-random-llama" in card
+    assert "library_name: peft" in cards["model"] and f"AutoPeftModelForCausalLM.from_pretrained('{out}/model')" in \
+        cards["model"]
+    assert f"AutoModelForCausalLM.from_pretrained('{out}/merged')" in cards["merged"]
+    assert (out / "README.md").read_text() == cards["merged"]
 
     adapter = AutoPeftModelForCausalLM.from_pretrained(out / "model")  # plain peft code
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")  # plain transformers code
@@ -107,12 +129,19 @@ def test_two_ranks_stay_identical_and_end_where_one_process_does_with_the_same_g
 
     common = ("max_steps=8", "eval_answer_field=null", "batch_size=1")
     two, one = tmp_path / "two-ranks", tmp_path / "one-process"
-    sft(two, tiny_model, small_hotel, *common, "replica_check_steps=1", nproc=2)
+    result = sft(two, tiny_model, small_hotel, *common, "replica_check_steps=1", nproc=2)
     sft(one, tiny_model, small_hotel, *common, "gradient_accumulation_steps=2")
     two_ranks, one_process = read_metrics(two), read_metrics(one)
     # Evaluated before step 1, and both ranks held the very same weights after every step.
     assert two_ranks["world_size"] == 2 and two_ranks["eval_loss_before"] is not None
     assert two_ranks["replicas_checked_at_steps"] == list(range(1, 9))
+    # Each progress line once for the job (rank 0); the other rank logs only warnings, naming itself
+    # (tests/recipekit/test_process.py shows the prefix on a warning of its own).
+    steps = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert steps == [f"{step}/8" for step in range(1, 9)]
+    assert "step " not in result.stderr and result.stdout.count("trained 8 steps in ") == 1
+    ranked = [line[9:] for line in result.stderr.splitlines() if re.match(r"\d\d:\d\d:\d\d rank ", line)]
+    assert all(line.startswith(("rank 1 WARNING ", "rank 1 ERROR ")) for line in ranked), ranked
     assert logged_losses(two_ranks) == pytest.approx(logged_losses(one_process), rel=1e-6)
 
     adapters = [load_file(run / "model" / "adapter_model.safetensors") for run in (two, one)]

@@ -58,6 +58,15 @@ def test_two_ranks_train_and_the_export_is_the_trained_model(two_rank_run, small
     assert len(losses) == 8 and losses[-1] < losses[0] - 0.3
     assert metrics["eval_loss_after"] < metrics["eval_loss_before"] - 0.3
     assert 0.0 <= metrics["hit_rate_after"] <= 1.0 and "eval loss:" in result.stdout
+    # One progress line per step for the job, from rank 0, with the rate of both ranks' tokens and the ETA.
+    lines = [line[9:] for line in result.stderr.splitlines() if ": step " in line]
+    assert [line.split()[3] for line in lines] == [f"{step}/8" for step in range(1, 9)]
+    assert all(line.startswith("INFO recipes.sft-fsdp: ") and " tokens/s " in line and " ETA " in line
+               for line in lines)
+    card = (out / "model" / "README.md").read_text()
+    assert f"| held-out eval loss | {metrics['eval_loss_before']:.4f} | {metrics['eval_loss_after']:.4f} |" in card
+    assert "library_name: transformers" in card
+    assert "(for tests) with all its weights fine-tuned, trained by the `sft-fsdp` recipe" in card
 
     ckpt = out / "checkpoint-8"  # sharded DCP: one file per rank plus the metadata
     assert (ckpt / "COMPLETE").is_file() and (ckpt / ".metadata").is_file()
