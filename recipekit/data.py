@@ -71,15 +71,16 @@ class DatasetOptions(TrainDatasetOptions):
 
 
 def load_splits(opts: DatasetOptions, columns: dict[str, str], token: str | None,
-                prepare: Callable[[Any, str], Any] | None = None) -> tuple[Any, Any | None]:
+                prepare: Callable[[Any, str, str], Any] | None = None) -> tuple[Any, Any | None]:
     """The train split and, where there is one, the eval split: each loaded, checked for rows and for
-    ``columns`` (config key -> column), then passed through ``prepare(rows, name)``, the recipe's own
-    checks and conversions. Every problem is a DataError naming its config key."""
+    ``columns`` (config key -> column), then passed through ``prepare(rows, key, name)``, the recipe's own
+    checks and conversions (``key``: dataset_name or eval_dataset_name). Every problem is a DataError
+    naming its config key."""
     def load(key: str, name: str, split: str):
         rows = load_split(key, name, split, token)
         require_rows(rows, key, name)
         require_columns(rows, columns, name)  # names the key and lists the columns found
-        return rows if prepare is None else prepare(rows, name)
+        return rows if prepare is None else prepare(rows, key, name)
 
     train = load("dataset_name", opts.dataset_name, opts.dataset_split)
     eval_name = opts.eval_dataset()

@@ -17,7 +17,7 @@ from typing import Any, Callable, TypeVar
 from recipekit import config as configlib
 from recipekit import distributed, hub, process
 from recipekit.errors import (EXIT_FAILED, EXIT_INFRASTRUCTURE, EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_USAGE,
-                              Preempted, ReplicasDiverged, UsageError)
+                              ParametersFrozen, Preempted, ReplicasDiverged, UsageError)
 from recipekit.schema import ModelOptions
 
 
@@ -78,7 +78,7 @@ def run(main: Callable[[Any, bool], None], config_cls: type, description: str, r
         print(f"stopped: {exc}; exiting with {EXIT_PREEMPTED} so the scheduler retries and resumes",
               file=sys.stderr)
         sys.exit(EXIT_PREEMPTED)
-    except ReplicasDiverged as exc:
+    except (ReplicasDiverged, ParametersFrozen) as exc:
         report([str(exc)])
         sys.exit(EXIT_FAILED)
     except KeyboardInterrupt:

@@ -31,3 +31,8 @@ class Preempted(Exception):
 
 class ReplicasDiverged(Exception):
     """Data-parallel ranks hold different weights: a bug, reported in one line, exit 1 (never retried)."""
+
+
+class ParametersFrozen(Exception):
+    """A trainable parameter group did not move in the step that should have moved it: a bug, reported in one
+    line, exit 1 (never retried)."""

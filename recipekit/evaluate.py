@@ -8,9 +8,10 @@ from typing import Any
 from recipekit import cpu_speedups
 
 
-def generate_replies(model, tokenizer, conversations: list[list[dict[str, str]]], max_new_tokens: int = 48,
+def generate_replies(model, tokenizer, conversations: list[list[dict[str, str]] | str], max_new_tokens: int = 48,
                      batch_tokens: int = 8192, dtype=None) -> list[str]:
-    """Greedy replies to each conversation, under autocast to ``dtype`` if given.
+    """Greedy replies to each conversation (through the chat template) or prompt string (as it is), under
+    autocast to ``dtype`` if given.
 
     Prompts are batched shortest first, as many per batch as fit ``batch_tokens`` (prompt and reply
     tokens, padding included): fewer, larger batches are faster on CPU, and sorting keeps the left
@@ -18,10 +19,9 @@ def generate_replies(model, tokenizer, conversations: list[list[dict[str, str]]]
     """
     import torch
 
-    prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-    encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    encoded = [prompt_ids(tokenizer, c) for c in conversations]
     lengths = [len(ids) for ids in encoded]
-    order = sorted(range(len(prompts)), key=lengths.__getitem__)
+    order = sorted(range(len(encoded)), key=lengths.__getitem__)
     low_precision = dtype not in (None, torch.float32)
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     was_training = model.training
@@ -40,7 +40,15 @@ def generate_replies(model, tokenizer, conversations: list[list[dict[str, str]]]
     finally:
         tokenizer.padding_side = padding_side
         model.train(was_training)
-    return [replies[i] for i in range(len(prompts))]
+    return [replies[i] for i in range(len(encoded))]
+
+
+def prompt_ids(tokenizer, prompt: list[dict[str, str]] | str) -> list[int]:
+    """A conversation through the chat template (with the generation prompt), or a prompt string as it is."""
+    if isinstance(prompt, str):
+        return tokenizer(prompt)["input_ids"]
+    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def token_budget_batches(order: list[int], lengths: list[int], max_new_tokens: int,
@@ -59,17 +67,40 @@ def token_budget_batches(order: list[int], lengths: list[int], max_new_tokens: i
     return batches
 
 
-def answer_hit_rate(model, tokenizer, rows: list[dict[str, Any]], messages_field: str, answer_field: str,
-                    max_new_tokens: int = 48, dtype=None) -> tuple[float, list[dict[str, Any]]]:
-    """Fraction of rows whose reply contains ``row[answer_field]`` (case-insensitive), and the details."""
-    conversations = [row[messages_field][:-1] if row[messages_field][-1]["role"] == "assistant"
-                     else row[messages_field] for row in rows]
-    replies = generate_replies(model, tokenizer, conversations, max_new_tokens, dtype=dtype)
-    details = [{"question": conv[-1]["content"], "expected": str(row[answer_field]), "reply": reply.strip(),
-                "hit": str(row[answer_field]).lower() in reply.lower()}
-               for conv, row, reply in zip(conversations, rows, replies)]
-    rate = sum(d["hit"] for d in details) / len(details) if details else 0.0
+def answer_hit_rate(model, tokenizer, rows: list[dict[str, Any]], max_new_tokens: int = 48, dtype=None,
+                    metric: str = "contains") -> tuple[float, list[dict[str, Any]]]:
+    """The mean score of the greedy replies to ``row["prompt"]`` (a conversation or a string) against
+    ``row["answer"]``, and the details. ``contains``: 1 if the reply contains the answer (case-insensitive),
+    else 0; ``token_f1``: the F1 of the words they share."""
+    replies = generate_replies(model, tokenizer, [row["prompt"] for row in rows], max_new_tokens, dtype=dtype)
+    score = contains if metric == "contains" else token_f1
+    details = [{"question": row["prompt"] if isinstance(row["prompt"], str) else row["prompt"][-1]["content"],
+                "expected": str(row["answer"]), "reply": reply.strip(), "score": score(reply, str(row["answer"]))}
+               for row, reply in zip(rows, replies)]
+    rate = sum(d["score"] for d in details) / len(details) if details else 0.0
     return rate, details
+
+
+def contains(reply: str, answer: str) -> float:
+    return float(answer.lower() in reply.lower())
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words with punctuation and the articles a, an, the left out."""
+    kept = "".join(ch if ch.isalnum() or ch.isspace() else " " for ch in text.lower())
+    return [word for word in kept.split() if word not in ("a", "an", "the")]
+
+
+def token_f1(reply: str, answer: str) -> float:
+    """F1 of the words the reply and the answer share (each shared word counted as often as both have it)."""
+    from collections import Counter
+
+    got, want = Counter(words(reply)), Counter(words(answer))
+    shared = sum((got & want).values())
+    if shared == 0:
+        return float(not got and not want)
+    precision, recall = shared / sum(got.values()), shared / sum(want.values())
+    return 2 * precision * recall / (precision + recall)
 
 
 def evaluate_when_training_starts(trainer, enabled: bool) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from recipekit import config as configlib
-from recipekit import distributed, loading
+from recipekit import card, distributed, loading, tracking
 from recipekit.schema import LoraOptions, ModelOptions
 
 FINAL_DIR = "model"
@@ -86,15 +86,20 @@ def run_facts(recipe: str, resumed_from: Path | None, device: Any) -> dict[str, 
 
 
 def finish(cfg: Any, recipe: str, metrics: dict[str, Any], log_history: list[dict[str, Any]],
-           summary: Callable[[dict[str, Any], str], None], title: str | None = None) -> None:
+           summary: Callable[[dict[str, Any], str], None], title: str | None = None,
+           question: str | None = None) -> None:
     """The end of every training recipe, on rank 0: metrics.json (with the log history), the resolved
-    config, the loss plot (titled ``recipe: model_name`` unless ``title`` says otherwise) and the summary."""
+    config, the loss plot (titled ``recipe: model_name`` unless ``title`` says otherwise), the model cards
+    (``question``, from the user's data, is the one they suggest asking), the final metrics into the
+    experiment trackers, and the summary."""
     if not distributed.is_main():
         return
     metrics["log_history"] = log_history
     write_metrics(metrics, cfg.output_dir)
     save_resolved_config(cfg, cfg.output_dir, recipe)
     plot_loss(log_history, cfg.output_dir, title or f"{recipe}: {cfg.model_name}")
+    card.write_all(cfg, recipe, metrics, question)
+    tracking.finish(metrics)
     summary(metrics, cfg.output_dir)
 
 

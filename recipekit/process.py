@@ -20,8 +20,14 @@ from recipekit.schema import ModelOptions
 
 
 def setup_logging() -> None:
-    level = logging.INFO if distributed.is_main() else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    """Rank 0 logs from INFO up; every other rank only its warnings and errors, each line naming the rank
+    (Python warnings included), so a job's log holds each progress line once."""
+    main = distributed.is_main()
+    where = "" if main else f"rank {distributed.rank()} "
+    logging.basicConfig(level=logging.INFO if main else logging.WARNING, datefmt="%H:%M:%S",
+                        format=f"%(asctime)s {where}%(levelname)s %(name)s: %(message)s")
+    if not main:
+        logging.captureWarnings(True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # bitsandbytes warns on import about optional CPU kernels it downloads from a hub; irrelevant offline.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)

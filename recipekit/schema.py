@@ -10,12 +10,13 @@ import re
 from dataclasses import dataclass
 from typing import Literal, Optional, Union
 
-from recipekit import models, secrets
+from recipekit import models, secrets, tracking
 from recipekit.config import option
 
 POLYNOMIAL_LR_END = 1e-7  # where transformers' polynomial schedule ends (its default)
 Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                     "constant_with_warmup", "inverse_sqrt"]
+Tracker = Literal["tensorboard", "wandb", "mlflow", "trackio", "none"]
 
 
 @dataclass
@@ -29,6 +30,9 @@ class ModelOptions:
     load_in_8bit: bool = option(False, help="load the base model in bitsandbytes 8-bit")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = option(
         "sdpa", help="attention kernel")
+    default_chat_template: Optional[Literal["plain", "chatml"]] = option(
+        "plain", help="chat template for a tokenizer that has none (base models): plain (### Question / ### Answer "
+        "headings) or chatml (<|im_start|> markers); null = chat data needs the tokenizer's own")
 
     def may_load_quantized(self) -> bool:
         """Whether this process may load a model through bitsandbytes (beyond what model_name's config says)."""
@@ -116,3 +120,15 @@ class TrainingOptions:
             if not 0 < factor <= 1000:
                 problems.append(f"lr_multipliers: multiplier for {pattern!r} must be in (0, 1000], got {factor}")
         return problems
+
+
+@dataclass
+class TrackingOptions:
+    """The experiment trackers of the recipes that train with a transformers Trainer (its integrations log)."""
+
+    report_to: Union[Tracker, list[Tracker]] = option(
+        "tensorboard", help="experiment trackers: tensorboard (output_dir/runs), wandb, mlflow, trackio, none, or a "
+        "list; keys only from their env vars (WANDB_API_KEY, ...); without a server: local stores in output_dir")
+
+    def check_tracking(self) -> list[str]:
+        return tracking.check(self.report_to)

@@ -3,12 +3,14 @@
 ``Options`` holds the keys of one SFT run. ``build`` makes the trainer (LoRA, QLoRA or all weights;
 under DeepSpeed when given its config), ``train`` measures the starting point and trains from the
 newest complete checkpoint, and ``save`` evaluates, saves the model and writes the run's outputs.
-Chat data (a column of message lists) is trained on the final assistant reply only; plain text
-data on every token.
+Data in any format of ``recipekit.formats``: chat (messages, ShareGPT, Alpaca, prompt/completion message
+lists) is trained on the final assistant reply only, prompt/completion strings on the completion only (no
+chat template), plain text on every token.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -16,16 +18,16 @@ from typing import Any
 from recipekit import (checkpoint, cpu_speedups, distributed, evaluate, hub, loading, lora, models, outputs, sft_data,
                        trainers)
 from recipekit.preemption import StopOnSignal
-from recipekit.schema import LoraOptions, ModelOptions, TrainingOptions
+from recipekit.schema import LoraOptions, ModelOptions, TrackingOptions, TrainingOptions
 from recipekit.sft_data import SFTDataOptions
 
 log = logging.getLogger("recipekit.sft")
 
 
 @dataclass
-class Options(SFTDataOptions, TrainingOptions, LoraOptions, ModelOptions):
+class Options(SFTDataOptions, TrackingOptions, TrainingOptions, LoraOptions, ModelOptions):
     def check(self) -> list[str]:
-        problems = self.check_model() + self.check_training() + self.check_data()
+        problems = self.check_model() + self.check_training() + self.check_tracking() + self.check_data()
         return problems + self.check_lora(quantized=self.load_in_4bit or self.load_in_8bit)
 
 
@@ -53,11 +55,11 @@ def build(cfg: Options, splits: sft_data.SFTData, token: str | None, stop: StopO
     model_path = models.resolve(cfg.model_name)
     if cfg.attn_implementation == "sdpa":
         cpu_speedups.use_document_attention()  # packed rows: attend per document, not through a block mask (CPU)
-    tokenizer = loading.load_tokenizer(model_path, cfg, token)
+    tokenizer = loading.load_tokenizer(model_path, cfg, token, chat=splits.kind == "chat")
     model = loading.load_model(model_path, cfg, cfg, token)
     # Evaluation scores reply positions only, never full logits, so it takes 4x batches.
-    args = SFTConfig(**trainers.arguments(cfg, eval_batch_scale=4), max_length=cfg.seq_length, packing=cfg.packing,
-                     dataset_text_field="text", deepspeed=deepspeed)
+    args = SFTConfig(**trainers.arguments(cfg, eval_batch_scale=4, recipe=recipe), max_length=cfg.seq_length,
+                     packing=cfg.packing, dataset_text_field="text", deepspeed=deepspeed)
     trainer = Trainer(
         model=model, args=args, processing_class=tokenizer, options=cfg, stop=stop, callbacks=callbacks,
         train_dataset=sft_data.to_trl_format(splits.train, cfg, splits.kind),
@@ -76,7 +78,7 @@ def train(run: Run) -> dict[str, Any]:
     evaluating before the first step; return the metrics so far."""
     cfg, trainer = run.cfg, run.trainer
     resume_from = checkpoint.resume_point(cfg)
-    metrics = outputs.run_facts(run.recipe, resume_from, trainer.args.device)
+    metrics = {**outputs.run_facts(run.recipe, resume_from, trainer.args.device), **sft_data.facts(run.splits)}
     if resume_from is None:
         metrics["hit_rate_before"] = sft_data.hit_rate(trainer.model, run.tokenizer, run.splits.hit_rows, cfg, cfg,
                                                        loading.train_dtype(cfg), adapter=False)
@@ -96,6 +98,8 @@ def save(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
     metrics["hit_rate_after"] = sft_data.hit_rate(trainer.model, tokenizer, run.splits.hit_rows, cfg, cfg,
                                                   loading.train_dtype(cfg), adapter=True)
     metrics.update(outputs.save_final(trainer, tokenizer, cfg.output_dir, run.model_path, cfg, cfg, run.token))
-    outputs.finish(cfg, run.recipe, metrics, trainer.state.log_history, sft_data.print_summary)
+    question = sft_data.sample_question(run.splits)
+    summary = functools.partial(sft_data.print_summary, question=question)
+    outputs.finish(cfg, run.recipe, metrics, trainer.state.log_history, summary, question=question)
     hub.push(cfg, trainer.model, tokenizer, run.token)
     return metrics

@@ -1,87 +1,157 @@
-"""Chat/text SFT data shared by the SFT-style recipes (sft, sft-zero2, sft-fsdp, pipeline-parallel, optuna).
+"""SFT data shared by the SFT-style recipes (sft, sft-zero2, sft-fsdp, pipeline-parallel, optuna).
 
-Loads and checks the train/eval splits before any model is loaded, converts chat rows into
-TRL's prompt/completion format, tokenizes them for recipes with their own training loop, and
-measures the held-out answer hit rate.
+Loads the train/eval splits in any format of ``recipekit.formats`` (messages, ShareGPT, Alpaca,
+prompt/completion, text), checks and converts them before any model is loaded, hands them to TRL
+(chat as prompt/completion message lists, completions as strings, text as text), tokenizes them
+for recipes with their own training loop, and measures the held-out answer hit rate.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
-from recipekit import data, distributed, evaluate, lora
+from recipekit import card, data, distributed, evaluate, formats, lora
 from recipekit.config import option
 from recipekit.data import IGNORE_INDEX
+from recipekit.errors import DataError
+
+ANSWER = "__answer__"  # the eval rows' reference answer, kept beside the converted columns
 
 
 @dataclass
 class SFTDataOptions(data.DatasetOptions, data.TextColumnOption):
-    dataset_text_field: str = option("messages", help="column holding chat messages or plain text")
-    eval_answer_field: Optional[str] = option("answer_key", help="eval column with a string the reply must "
-                                              "contain (answer hit rate); null or absent = skip")
+    dataset_text_field: Optional[str] = option(None, help="column of chat messages or plain text (the messages "
+                                               "and text formats); null = messages / text")
+    dataset_format: formats.SFTFormat = option("auto", help="auto (from the columns), messages, sharegpt, alpaca, "
+                                               "prompt_completion or text")
+    dataset_columns: dict[str, str] = option(default_factory=dict, help="role -> column for other column names, "
+                                             "e.g. {instruction: question, output: answer}")
+    eval_answer_field: Optional[str] = option("answer_key", help="eval column with the reference answer "
+                                              "(answer hit rate); null or absent = skip")
+    eval_answer_metric: Literal["contains", "token_f1"] = option(
+        "contains", help="contains: the reply contains the reference; token_f1: word overlap with it (F1)")
     eval_max_new_tokens: int = option(48, help="reply length for the answer hit rate", min=1, max=4096)
     seq_length: int = option(512, help="max tokens per example (longer ones are truncated)", min=8, max=1 << 20)
     packing: bool = option(True, help="padding-free batches: concatenate examples, no pad tokens")
+
+    def check_data(self) -> list[str]:
+        problems = super().check_data() + formats.check_columns_option(self.dataset_columns)
+        if self.dataset_text_field is not None:
+            if not self.dataset_text_field.strip():
+                problems.append("dataset_text_field: must not be empty; null = the format's own column")
+            if self.dataset_format not in ("auto", "messages", "text"):
+                problems.append(f"dataset_text_field: names the messages or text column; for dataset_format: "
+                                f"{self.dataset_format} name columns with dataset_columns (or set it to null)")
+            both = sorted({"messages", "text"} & set(self.dataset_columns))
+            if both:
+                problems.append(f"dataset_text_field: dataset_columns names the {' and '.join(both)} column too; "
+                                "use one of them")
+        return problems
+
+    def column_names(self) -> dict[str, str]:
+        """role -> column: dataset_columns, with dataset_text_field naming the messages and text columns."""
+        names = dict(self.dataset_columns)
+        if self.dataset_text_field is not None:
+            names.update(messages=self.dataset_text_field, text=self.dataset_text_field)
+        return names
 
 
 @dataclass
 class SFTData:
     train: Any
     eval: Any = None
-    kind: str = "chat"  # "chat" (message lists, loss on the last reply) or "text" (loss on every token)
-    hit_rows: list[dict[str, Any]] = field(default_factory=list)  # eval rows with an answer key
+    # chat: a messages column (loss on the last reply); completion: prompt/completion strings (loss on the
+    # completion, no chat template); text: a text column (loss on every token)
+    kind: str = "chat"
+    format: str = "messages"  # the format the train split came in (formats.SFT_COLUMNS)
+    hit_rows: list[dict[str, Any]] = field(default_factory=list)  # eval prompts with their reference answer
 
 
 def load(opts: SFTDataOptions, token: str | None) -> SFTData:
-    """Load and check the splits; every problem is a DataError naming the config key. The train split's
-    first row says whether the data is chat or text; the eval split must be the same."""
-    kinds: list[str] = []
+    """Load, recognise, check and convert the splits; every problem is a DataError naming the config key.
+    The eval split may come in another format, but must be of the same kind (chat, completion or text)."""
+    shapes: list[formats.Shape] = []
 
-    def check_messages_or_text(rows, name: str):
-        kinds.append(kinds[0] if kinds else data.column_kind(rows, opts.dataset_text_field))
-        check = data.require_chat_column if kinds[0] == "chat" else data.require_text_column
-        check(rows, "dataset_text_field", opts.dataset_text_field, name)
-        return rows
+    def convert(rows, key: str, name: str):
+        if opts.dataset_text_field is not None:  # a named column must be there: say so, not "no format"
+            data.require_columns(rows, {"dataset_text_field": opts.dataset_text_field}, name)
+        shape = formats.detect(rows.column_names, opts.dataset_format, opts.column_names(), rows[0], name, key)
+        if shapes and shape.kind != shapes[0].kind:
+            raise DataError(f"{key}: {name!r} holds {shape.kind} data ({shape.format} format) but "
+                            f"{opts.dataset_name!r} holds {shapes[0].kind} data; use one kind for both")
+        shapes.append(shape)
+        answer = opts.eval_answer_field
+        if key == "eval_dataset_name" and answer in rows.column_names and shape.kind != "text":
+            rows = rows.add_column(ANSWER, [reference_text(value) for value in rows[answer]])
+        return formats.convert(rows, shape, name, key)
 
-    train, evals = data.load_splits(opts, {"dataset_text_field": opts.dataset_text_field}, token,
-                                    check_messages_or_text)
-    kind = kinds[0]
-    if evals is None:
-        return SFTData(train=train, kind=kind)
-    hit_rows = []
-    if kind == "chat" and opts.eval_answer_field and opts.eval_answer_field in evals.column_names:
-        hit_rows = evals.select_columns([opts.dataset_text_field, opts.eval_answer_field]).to_list()
-    return SFTData(train=train, eval=evals, kind=kind, hit_rows=hit_rows)
+    train, evals = data.load_splits(opts, {}, token, convert)
+    kind, fmt = shapes[0].kind, shapes[0].format
+    hit_rows = [] if evals is None or ANSWER not in evals.column_names else [
+        {"prompt": prompt_of(row, kind), "answer": row[ANSWER]} for row in evals]
+    return SFTData(train=train, eval=evals, kind=kind, format=fmt, hit_rows=hit_rows)
+
+
+def facts(splits: SFTData) -> dict[str, Any]:
+    """What metrics.json records about the data: the format it came in, what it became, its size."""
+    return {"dataset_format": splits.format, "data_kind": splits.kind, "train_examples": len(splits.train),
+            "eval_examples": 0 if splits.eval is None else len(splits.eval)}
+
+
+def reference_text(value: Any) -> str:
+    """A reference answer as text: a string, or the content of the last message of a list."""
+    if isinstance(value, list) and value and isinstance(value[-1], dict):
+        return str(value[-1].get("content", ""))
+    return "" if value is None else str(value)
+
+
+def prompt_of(row: dict[str, Any], kind: str):
+    """What the model is asked: the conversation before its last reply, or the prompt string."""
+    return row["messages"][:-1] if kind == "chat" else row["prompt"]
 
 
 def to_trl_format(dataset, opts: SFTDataOptions, kind: str):
-    """Chat rows → prompt/completion (TRL then trains on the completion only); text rows → text."""
+    """Chat rows → prompt/completion message lists, completion rows → prompt/completion strings (TRL then
+    trains on the completion only, appending EOS); text rows → text."""
     if dataset is None:
         return None
     if kind == "chat":
-        return data.chat_to_prompt_completion(dataset, opts.dataset_text_field)
-    return data.text_only(dataset, opts.dataset_text_field)
+        return data.chat_to_prompt_completion(dataset, "messages")
+    if kind == "completion":
+        return dataset.select_columns(["prompt", "completion"])
+    return data.text_only(dataset, "text")
 
 
 def tokenize(dataset, tokenizer, opts: SFTDataOptions, kind: str):
     """Token ids and labels for recipes with their own loop: prompt tokens are labelled IGNORE_INDEX."""
-    column = opts.dataset_text_field
-
     def encode(row):
         if kind == "text":
-            ids = tokenizer(row[column], add_special_tokens=True)["input_ids"][:opts.seq_length]
+            ids = tokenizer(row["text"], add_special_tokens=True)["input_ids"][:opts.seq_length]
             return {"input_ids": ids, "labels": list(ids)}
-        messages = row[column]
-        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(messages, tokenize=False)
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        ids = tokenizer(full, add_special_tokens=False)["input_ids"][:opts.seq_length]
-        labels = [IGNORE_INDEX] * min(len(prompt_ids), len(ids)) + ids[len(prompt_ids):]
+        if kind == "completion":  # no chat template; EOS ends the completion, as TRL does
+            prompt_ids = tokenizer(row["prompt"])["input_ids"]
+            full_ids = tokenizer(row["prompt"] + row["completion"] + (tokenizer.eos_token or ""))["input_ids"]
+        else:
+            messages = row["messages"]
+            prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+            full = tokenizer.apply_chat_template(messages, tokenize=False)
+            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+        start = common_prefix(prompt_ids, full_ids)  # tokens may merge across the boundary
+        ids = full_ids[:opts.seq_length]
+        labels = [IGNORE_INDEX] * min(start, len(ids)) + ids[start:]
         return {"input_ids": ids, "labels": labels}
 
     return dataset.map(encode, remove_columns=dataset.column_names)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def collate(rows: list[dict[str, list[int]]], pad_id: int, length: int | None = None) -> dict[str, Any]:
@@ -144,12 +214,26 @@ def hit_rate(model, tokenizer, rows, opts: SFTDataOptions, model_opts, dtype, ad
     if not rows or not distributed.is_main():
         return None
     with lora.generation_view(model, model_opts, adapter):
-        rate, _ = evaluate.answer_hit_rate(model, tokenizer, rows, opts.dataset_text_field, opts.eval_answer_field,
-                                           opts.eval_max_new_tokens, dtype=dtype)
+        rate, _ = evaluate.answer_hit_rate(model, tokenizer, rows, opts.eval_max_new_tokens, dtype=dtype,
+                                           metric=opts.eval_answer_metric)
     return rate
 
 
-def print_summary(metrics: dict, output_dir: str) -> None:
+def sample_question(splits: SFTData) -> str | None:
+    """A question from the user's own eval data (else train data) to suggest trying: the last user turn of a
+    conversation, or a prompt string; None for plain text."""
+    if splits.kind == "text":
+        return None
+    if splits.hit_rows:
+        prompt = splits.hit_rows[0]["prompt"]
+    else:
+        prompt = prompt_of((splits.eval if splits.eval is not None else splits.train)[0], splits.kind)
+    if isinstance(prompt, str):
+        return prompt.strip()
+    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), None)
+
+
+def print_summary(metrics: dict, output_dir: str, question: str | None = None) -> None:
     before, after = metrics.get("hit_rate_before"), metrics.get("hit_rate_after")
     if after is not None:
         shown = "n/a (resumed)" if before is None else f"{100 * before:.1f}%"
@@ -159,4 +243,4 @@ def print_summary(metrics: dict, output_dir: str) -> None:
         shown = "n/a" if before is None else f"{before:.4f}"
         print(f"eval loss: {shown} -> {metrics['eval_loss_after']:.4f}")
     print(f"outputs in {Path(output_dir).resolve()}")
-    print(f'chat with it: launcher try {output_dir} --prompt "What time is check-out?"')
+    print(f"chat with it: {card.try_command(output_dir, question)}")

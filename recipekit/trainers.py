@@ -4,32 +4,33 @@ checkpoints, the recipes' optimizer groups, the stop on a signal and the replica
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable
 
-from recipekit import checkpoint, distributed, evaluate, optim, replicas
+from recipekit import checkpoint, distributed, evaluate, optim, progress, replicas, tracking, updates
 from recipekit.errors import Preempted
 from recipekit.preemption import StopOnSignal
-from recipekit.schema import TrainingOptions
+from recipekit.schema import TrackingOptions, TrainingOptions
 
 # Makers of the TrainerCallbacks every recipe trainer in this process gets after its own, called as the
 # trainer is built (bench/ours.py adds its probe).
 added_callbacks: list[Callable[[], Any]] = []
 
 
-def arguments(train: TrainingOptions, eval_batch_scale: int = 1) -> dict[str, Any]:
-    """TrainingArguments keywords that follow directly from the shared options.
+def arguments(train: TrainingOptions, eval_batch_scale: int = 1, recipe: str = "run") -> dict[str, Any]:
+    """TrainingArguments keywords that follow directly from the shared options; ``recipe`` names the run for
+    the trackers.
 
     Evaluation batches are ``eval_batch_scale`` times the training batch: they keep no activations
     for a backward, so a recipe whose evaluation holds no full-vocabulary logits can take larger ones.
     """
     import torch
 
-    # The TensorBoard callback reads its directory from this env var (default: ./runs, even for eval).
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(train.output_dir) / "runs")
-    return dict(use_cpu=not torch.cuda.is_available(),
-        output_dir=train.output_dir, learning_rate=train.learning_rate,
+    chosen = train.report_to if isinstance(train, TrackingOptions) else "tensorboard"
+    run_name = f"{recipe}: {Path(train.output_dir).name}"
+    report_to = tracking.configure(tracking.trackers(chosen), train.output_dir, recipe, run_name, distributed.is_main())
+    return dict(report_to=report_to or "none", run_name=run_name, project=tracking.PROJECT,
+        use_cpu=not torch.cuda.is_available(), output_dir=train.output_dir, learning_rate=train.learning_rate,
         per_device_train_batch_size=train.batch_size,
         per_device_eval_batch_size=train.batch_size * eval_batch_scale,
         gradient_accumulation_steps=train.gradient_accumulation_steps, num_train_epochs=train.num_train_epochs,
@@ -38,8 +39,8 @@ def arguments(train: TrainingOptions, eval_batch_scale: int = 1) -> dict[str, An
         bf16=train.bf16, fp16=train.fp16, activation_checkpointing=train.gradient_checkpointing,
         activation_checkpointing_kwargs=train.gradient_checkpointing_kwargs, logging_steps=train.logging_steps,
         logging_first_step=True, save_strategy="steps", save_steps=train.save_steps,
-        save_total_limit=train.save_total_limit, eval_strategy="no", report_to=["tensorboard"],
-        push_to_hub=False, disable_tqdm=True,
+        save_total_limit=train.save_total_limit, eval_strategy="no",
+        push_to_hub=False, disable_tqdm=True, include_num_input_tokens_seen="non_padding",
         ddp_find_unused_parameters=False, dataloader_pin_memory=False,
     )
 
@@ -52,14 +53,22 @@ class RecipeTrainerMixin:
       could delete the newest complete checkpoint).
     - The optimizer follows ``layer_lr_decay`` and ``lr_multipliers`` (``optim``), built once the
       Trainer has wrapped the model, so LoRA's trainable parameters are the ones grouped.
-    - ``stop`` saves and stops the run on a signal; the replica guard compares data-parallel ranks.
+    - ``stop`` saves and stops the run on a signal; the replica guard compares data-parallel ranks; the
+      first-update guard (``updates``) stops a run in which a trainable parameter group does not move.
+    - Progress: one line per logging step from the job's first process (``progress``), instead of the
+      Trainer's dict per log from every node.
     """
 
     def __init__(self, *args, options: TrainingOptions, stop: StopOnSignal, callbacks=(), **kwargs):
         self.recipe_options, self.stop_on_signal = options, stop
         self.replica_guard = replicas.trainer_callback(options.replica_check_steps)
         callbacks = [stop.trainer_callback(), self.replica_guard, *callbacks, *(make() for make in added_callbacks)]
-        super().__init__(*args, callbacks=callbacks, **kwargs)
+        if not getattr(kwargs.get("args"), "deepspeed", None):  # DeepSpeed's optimizer holds flat copies
+            callbacks.append(updates.trainer_callback())
+        super().__init__(*args, callbacks=[*callbacks, progress.trainer_callback()], **kwargs)
+        from transformers.trainer_callback import PrinterCallback
+
+        self.remove_callback(PrinterCallback)  # a dict per log from every node: the progress line replaces it
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:

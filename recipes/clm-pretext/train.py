@@ -29,7 +29,7 @@ from recipekit import checkpoint, data, distributed, entry, evaluate, hub, loadi
 from recipekit.config import option
 from recipekit.errors import DataError, UsageError
 from recipekit.preemption import StopOnSignal
-from recipekit.schema import LoraOptions, ModelOptions, TrainingOptions
+from recipekit.schema import LoraOptions, ModelOptions, TrackingOptions, TrainingOptions
 
 log = logging.getLogger("recipes.clm_pretext")
 RECIPE = "clm-pretext"
@@ -47,9 +47,9 @@ class TextDataOptions(data.DatasetOptions, data.TextColumnOption):
 
 
 @dataclass
-class Config(TextDataOptions, TrainingOptions, LoraOptions, ModelOptions):
+class Config(TextDataOptions, TrackingOptions, TrainingOptions, LoraOptions, ModelOptions):
     def check(self) -> list[str]:
-        problems = self.check_model() + self.check_training()
+        problems = self.check_model() + self.check_training() + self.check_tracking()
         problems += self.check_lora(quantized=self.load_in_4bit or self.load_in_8bit) + self.check_data()
         if self.objective == "mlm" and (self.load_in_4bit or self.load_in_8bit):
             key = "load_in_8bit" if self.load_in_8bit else "load_in_4bit"
@@ -78,7 +78,7 @@ def main(cfg: Config, check_only: bool) -> None:
 
 def load_text(cfg: Config, token: str | None):
     """The train split and (when there is one) the eval split, with a non-empty text column."""
-    def check_text(rows, name: str):
+    def check_text(rows, key: str, name: str):
         data.require_text_column(rows, "dataset_text_field", cfg.dataset_text_field, name)
         return rows
 
@@ -225,7 +225,7 @@ def build_trainer(cfg: Config, blocks: Blocks, tokenizer, model, stop: StopOnSig
             finally:
                 self.data_collator = train_collator
 
-    args = transformers.TrainingArguments(**trainers.arguments(cfg), label_names=["labels"])
+    args = transformers.TrainingArguments(**trainers.arguments(cfg, recipe=RECIPE), label_names=["labels"])
     if cfg.objective == "mlm":
         masking = dict(tokenizer=tokenizer, mlm=True, mlm_probability=cfg.mlm_probability)
         collator = transformers.DataCollatorForLanguageModeling(**masking)

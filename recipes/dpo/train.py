@@ -8,7 +8,8 @@
 
 Each row holds a prompt, a preferred (chosen) and a dispreferred (rejected) completion, either as
 chat messages (prompt: a message list; chosen/rejected: the assistant reply as a message list) or
-as plain strings. With LoRA (the default) the reference model is the base model with the adapter
+as plain strings; or, with an implicit prompt, chosen and rejected are two whole conversations that
+differ only in their last (assistant) turn. With LoRA (the default) the reference model is the base model with the adapter
 switched off, so no second copy of the model is held. Held-out preference accuracy, reward margin
 and the policy's own likelihood preference are measured before and after training. Outputs:
 model/ (adapter or full model + tokenizer), merged/ (adapter merged into its base), metrics.json,
@@ -17,18 +18,19 @@ loss.png, resolved_config.yaml, runs/ (TensorBoard).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from recipekit import (checkpoint, cpu_speedups, data, distributed, entry, evaluate, hub, loading, lora, models,
-                       outputs, trainers)
+from recipekit import (card, checkpoint, cpu_speedups, data, distributed, entry, evaluate, formats, hub, loading,
+                       lora, models, outputs, trainers)
 from recipekit.config import option
-from recipekit.errors import DataError, UsageError
+from recipekit.errors import DataError
 from recipekit.preemption import StopOnSignal
-from recipekit.schema import LoraOptions, ModelOptions, TrainingOptions
+from recipekit.schema import LoraOptions, ModelOptions, TrackingOptions, TrainingOptions
 
 log = logging.getLogger("recipes.dpo")
 RECIPE = "dpo"
@@ -39,6 +41,9 @@ LossType = Literal["sigmoid", "ipo", "hinge", "sigmoid_norm", "bco_pair", "apo_z
 @dataclass
 class PreferenceDataOptions(data.DatasetOptions):
     dataset_name: str = data.dataset_option("hotel-preferences")
+    dataset_format: formats.PairFormat = option("auto", help="explicit: prompt, chosen and rejected columns; "
+                                                "implicit: chosen and rejected whole conversations that share their "
+                                                "prompt; auto: explicit where the prompt column is there")
     prompt_field: str = option("prompt", help="column holding the prompt: a chat message list or a string")
     chosen_field: str = option("chosen", help="column holding the preferred completion (messages or a string)")
     rejected_field: str = option("rejected", help="column holding the dispreferred completion")
@@ -58,9 +63,9 @@ class DPOOptions:
 
 
 @dataclass
-class Config(PreferenceDataOptions, DPOOptions, TrainingOptions, LoraOptions, ModelOptions):
+class Config(PreferenceDataOptions, DPOOptions, TrackingOptions, TrainingOptions, LoraOptions, ModelOptions):
     def check(self) -> list[str]:
-        problems = self.check_model() + self.check_training()
+        problems = self.check_model() + self.check_training() + self.check_tracking()
         problems += self.check_lora(quantized=self.load_in_4bit or self.load_in_8bit) + self.check_data()
         seen: dict[str, str] = {}
         for key in ("prompt_field", "chosen_field", "rejected_field"):
@@ -87,7 +92,7 @@ def main(cfg: Config, check_only: bool) -> None:
     # Validate: config, data and tokenizer are all checked before a model is loaded.
     token, pairs = entry.prepare(cfg, load_pairs)
     model_path = models.resolve(cfg.model_name, weights=not check_only)
-    tokenizer = loading.load_tokenizer(model_path, cfg, token)
+    tokenizer = loading.load_tokenizer(model_path, cfg, token, chat=pairs.kind == "chat")
     check_prompts_fit(pairs, tokenizer, cfg)
     if check_only:
         return
@@ -95,13 +100,17 @@ def main(cfg: Config, check_only: bool) -> None:
 
 
 def load_pairs(cfg: Config, token: str | None) -> Pairs:
-    """Train (and eval) pairs renamed to prompt/chosen/rejected; every problem names its config key."""
-    fields = {"prompt_field": cfg.prompt_field, "chosen_field": cfg.chosen_field, "rejected_field": cfg.rejected_field}
+    """Train (and eval) pairs as prompt/chosen/rejected, an implicit prompt split off the two conversations;
+    every problem names its config key."""
+    names = {"prompt": cfg.prompt_field, "chosen": cfg.chosen_field, "rejected": cfg.rejected_field}
     kinds: list[str] = []
 
-    def to_pairs(rows, name: str):
-        rows = rows.map(lambda row: {"prompt": row[cfg.prompt_field], "chosen": row[cfg.chosen_field],
-                                     "rejected": row[cfg.rejected_field]}, remove_columns=rows.column_names)
+    def to_pairs(rows, key: str, name: str):
+        if formats.detect_pairs(rows.column_names, cfg.dataset_format, names, name, key) == "implicit":
+            rows = implicit_to_explicit(rows, cfg, name)
+        else:
+            rows = rows.map(lambda row: {role: row[column] for role, column in names.items()},
+                            remove_columns=rows.column_names)
         kinds.append(pair_format(rows, cfg, name))
         if kinds[-1] != kinds[0]:
             other = "plain-text" if kinds[0] == "chat" else "chat"
@@ -109,10 +118,21 @@ def load_pairs(cfg: Config, token: str | None) -> Pairs:
                             f"{'chat' if kinds[0] == 'chat' else 'plain-text'} pairs; use one format for both")
         return rows
 
-    train, evals = data.load_splits(cfg, fields, token, to_pairs)
+    train, evals = data.load_splits(cfg, {}, token, to_pairs)
     if evals is None:
         log.warning("no eval split: held-out preference accuracy will not be measured")
     return Pairs(train=train, eval=evals, kind=kinds[0])
+
+
+def implicit_to_explicit(rows, cfg: Config, name: str):
+    """Conversations that differ only in their last turn -> the shared turns as the prompt, the last turns."""
+    for index, row in enumerate(data.sample(rows)):
+        try:
+            formats.split_implicit(row[cfg.chosen_field], row[cfg.rejected_field])
+        except ValueError as exc:
+            raise DataError(f"dataset_format: row {index} of {name!r} (implicit prompt): {exc}") from None
+    return rows.map(lambda row: formats.split_implicit(row[cfg.chosen_field], row[cfg.rejected_field]),
+                    remove_columns=rows.column_names)
 
 
 def pair_format(rows, cfg: Config, name: str) -> str:
@@ -134,15 +154,12 @@ def pair_format(rows, cfg: Config, name: str) -> str:
 
 
 def check_prompts_fit(pairs: Pairs, tokenizer, cfg: Config) -> None:
-    """Chat pairs need a chat template; a prompt of max_length tokens leaves no room for its completion."""
-    if pairs.kind == "chat" and not getattr(tokenizer, "chat_template", None):
-        raise UsageError(f"model_name: the tokenizer of {cfg.model_name!r} has no chat template, which chat-format "
-                         "pairs need; use a chat model or plain-text prompt/chosen/rejected columns")
+    """A prompt of max_length tokens leaves no room for its completion."""
     for key, rows, name in (("dataset_name", pairs.train, cfg.dataset_name),
                             ("eval_dataset_name", pairs.eval, cfg.eval_dataset_name or cfg.dataset_name)):
         if rows is None:
             continue
-        lengths = [len(prompt_ids(row["prompt"], tokenizer)) for row in data.sample(rows)]
+        lengths = [len(evaluate.prompt_ids(tokenizer, row["prompt"])) for row in data.sample(rows)]
         too_long = sum(n >= cfg.max_length for n in lengths)
         if too_long == len(lengths):
             raise DataError(f"max_length: every prompt in the first {len(lengths)} rows of {name!r} is at least "
@@ -151,13 +168,6 @@ def check_prompts_fit(pairs: Pairs, tokenizer, cfg: Config) -> None:
         if too_long:
             log.warning("%s: %d of the first %d prompts of %r are max_length (%d) tokens or longer; those pairs "
                         "are dropped", key, too_long, len(lengths), name, cfg.max_length)
-
-
-def prompt_ids(prompt, tokenizer) -> list[int]:
-    if isinstance(prompt, str):
-        return tokenizer(prompt)["input_ids"]
-    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def train(cfg: Config, pairs: Pairs, model_path: str, tokenizer, token: str | None, stop: StopOnSignal) -> dict:
@@ -169,8 +179,8 @@ def train(cfg: Config, pairs: Pairs, model_path: str, tokenizer, token: str | No
 
     before_row: dict = {}
     model = loading.load_model(model_path, cfg, cfg, token)
-    args = DPOConfig(**trainers.arguments(cfg), beta=cfg.beta, loss_type=[cfg.loss_type], max_length=cfg.max_length,
-                     precompute_ref_log_probs=cfg.precompute_ref_log_probs)
+    args = DPOConfig(**trainers.arguments(cfg, recipe=RECIPE), beta=cfg.beta, loss_type=[cfg.loss_type],
+                     max_length=cfg.max_length, precompute_ref_log_probs=cfg.precompute_ref_log_probs)
     # ref_model=None: with a peft_config the reference is this same model with its adapter disabled;
     # without one (full fine-tuning) TRL loads a second, frozen copy of the model as the reference,
     # unless precompute_ref_log_probs scores every pair with it once, before training.
@@ -206,7 +216,9 @@ def train(cfg: Config, pairs: Pairs, model_path: str, tokenizer, token: str | No
             metrics[f"{key}_before"] = before.get(f"eval_{key}")
             metrics[f"{key}_after"] = value
     metrics.update(outputs.save_final(trainer, tokenizer, cfg.output_dir, model_path, cfg, cfg, token))
-    outputs.finish(cfg, RECIPE, metrics, trainer.state.log_history, print_summary)
+    question = sample_question(pairs)
+    outputs.finish(cfg, RECIPE, metrics, trainer.state.log_history,
+                   functools.partial(print_summary, question=question), question=question)
     hub.push(cfg, trainer.model, tokenizer, token)
     return metrics
 
@@ -251,7 +263,15 @@ def preference_eval(trainer, beta: float) -> dict[str, float]:
             "logp_margin": (chosen - rejected).mean().item()}
 
 
-def print_summary(metrics: dict, output_dir: str) -> None:
+def sample_question(pairs: Pairs) -> str | None:
+    """A prompt from the user's own eval (else train) pairs to suggest trying: its last user turn, or the string."""
+    prompt = (pairs.eval if pairs.eval is not None else pairs.train)[0]["prompt"]
+    if isinstance(prompt, str):
+        return prompt.strip() or None
+    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), None)
+
+
+def print_summary(metrics: dict, output_dir: str, question: str | None = None) -> None:
     def show(key: str, percent: bool = False) -> str:
         value = metrics.get(key)
         if value is None:
@@ -267,7 +287,7 @@ def print_summary(metrics: dict, output_dir: str) -> None:
         print(f"held-out likelihood accuracy (log p(chosen) > log p(rejected)): "
               f"{show('likelihood_accuracy_before', True)} -> {show('likelihood_accuracy_after', True)}")
     print(f"outputs in {Path(output_dir).resolve()}")
-    print(f'chat with it: launcher try {output_dir} --prompt "What time is check-in?"')
+    print(f"chat with it: {card.try_command(output_dir, question)}")
 
 
 if __name__ == "__main__":

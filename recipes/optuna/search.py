@@ -51,8 +51,8 @@ DEFAULT_SPACE = {
 }
 # Keys a trial may not vary: where it writes, what it is evaluated on, and anything secret or remote.
 NOT_SEARCHABLE = {"output_dir", "resume", "push_to_hub", "hub_model_id", "use_auth_token", "trust_remote_code",
-                  "dataset_name", "dataset_split", "dataset_text_field", "eval_dataset_name", "eval_split",
-                  "eval_answer_field", "eval_max_new_tokens"}
+                  "dataset_name", "dataset_split", "dataset_format", "dataset_columns", "dataset_text_field",
+                  "eval_dataset_name", "eval_split", "eval_answer_field", "eval_answer_metric", "eval_max_new_tokens"}
 
 
 @dataclass

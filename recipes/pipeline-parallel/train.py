@@ -26,8 +26,8 @@ from typing import Literal, Optional
 import torch
 import torch.distributed as dist
 
-from recipekit import (checkpoint, distributed, entry, hub, loading, loop, models, optim, outputs, pipelining, replicas,
-                       sft_data)
+from recipekit import (checkpoint, distributed, entry, hub, loading, loop, models, optim, outputs, pipelining,
+                       progress, replicas, sft_data, updates)
 from recipekit.config import option
 from recipekit.data import IGNORE_INDEX
 from recipekit.errors import Preempted, UsageError
@@ -119,7 +119,7 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
     device = distributed.init_group()  # one process: a group of one, so the very same code path runs
     rank, world = dist.get_rank(), dist.get_world_size()
     loop.seed_everything(cfg.seed)
-    tokenizer = loading.load_tokenizer(model_path, cfg, token)
+    tokenizer = loading.load_tokenizer(model_path, cfg, token, chat=splits.kind == "chat")
     with distributed.main_first():
         train_rows = sft_data.tokenize(splits.train, tokenizer, cfg, splits.kind)
         eval_rows = sft_data.tokenize(splits.eval, tokenizer, cfg, splits.kind) if splits.eval is not None else None
@@ -127,7 +127,7 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
 
     lm = loading.load_model(model_path, cfg, cfg, token)
     resume_from = checkpoint.resume_point(cfg)
-    metrics = {**outputs.run_facts(RECIPE, resume_from, device), "schedule": cfg.schedule,
+    metrics = {**outputs.run_facts(RECIPE, resume_from, device), **sft_data.facts(splits), "schedule": cfg.schedule,
                "n_microbatches": cfg.n_microbatches}
     if resume_from is None:  # rank 0 answers the held-out questions with the whole model (the others wait)
         metrics["hit_rate_before"] = hit_rate(lm, tokenizer, splits, cfg, device)
@@ -157,6 +157,7 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
     tied_weight = (stage.model.embed_tokens if first else stage.lm_head).weight if tied and (first or last) else None
     checked: list[int] = []
     optimizer = optim.adamw(stage, cfg)  # layer-wise LR decay / multipliers, by the full model's names
+    first_update = updates.FirstUpdateCheck()
     step_rows = cfg.batch_size * cfg.gradient_accumulation_steps
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(
         cfg.num_train_epochs * len(train_rows) / step_rows)
@@ -196,9 +197,11 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
         metrics["eval_loss_before"] = before
         state["log_history"].append({"step": 0, "eval_loss": before})
     history, step, run_losses, started = state["log_history"], state["global_step"], [], time.time()
+    meter = progress.Meter(step)
     while step < total_steps:
         indices = stream_indices(len(train_rows), cfg.seed, state["samples_seen"], step_rows)
         batch = collate(train_rows.select(indices).to_list())
+        meter.add(int(batch["attention_mask"].sum()))
         loss_fn.denominator = max(loop.label_tokens(batch["labels"]), 1)
         losses: list = []
         for part in range(cfg.gradient_accumulation_steps):
@@ -209,7 +212,9 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
             dist.all_reduce((stage.model.embed_tokens if first else stage.lm_head).weight.grad, group=tie_group)
         grad_norm = pipelining.clip_global_grad_norm(owned, list(stage.parameters()), cfg.max_grad_norm, device)
         lr = scheduler.get_last_lr()[0]
+        first_update.before(optimizer, stage)
         optimizer.step()
+        first_update.after(optimizer)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step, state["samples_seen"] = step + 1, state["samples_seen"] + step_rows
@@ -218,7 +223,7 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
         if step == 1 or step % cfg.logging_steps == 0 or step == total_steps:
             history.append({"step": step, "epoch": state["samples_seen"] / len(train_rows), "loss": loss,
                             "grad_norm": grad_norm, "learning_rate": lr})
-            log.info("step %d/%d  loss %.4f  grad_norm %.3f  lr %.2e", step, total_steps, loss, grad_norm, lr)
+            log.info(meter.line(step, total_steps, history[-1]))
         state["global_step"] = step
         stopping = stop.agreed()
         saving = stopping or step % cfg.save_steps == 0
@@ -259,10 +264,11 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
         metrics.update(hit_rate_after=hit_rate(full_model, tokenizer, splits, cfg, device), model=str(final))
 
     def summary(written: dict, output_dir: str) -> None:
-        sft_data.print_summary(written, output_dir)
+        sft_data.print_summary(written, output_dir, sft_data.sample_question(splits))
         print(f"first-step loss {first_logged}; {step} steps in {runtime:.0f} s on {world} stage(s)")
 
-    outputs.finish(cfg, RECIPE, metrics, history, summary, title=f"{RECIPE}: {cfg.model_name}, {world} stages")
+    outputs.finish(cfg, RECIPE, metrics, history, summary, title=f"{RECIPE}: {cfg.model_name}, {world} stages",
+                   question=sft_data.sample_question(splits))
     hub.push(cfg, full_model, tokenizer, token)
     distributed.barrier()
     distributed.shutdown()

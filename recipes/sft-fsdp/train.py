@@ -14,6 +14,7 @@ metrics.json, loss.png, resolved_config.yaml.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -24,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recipekit import checkpoint, distributed, entry, hub, loading, loop, models, optim, outputs, sft_data
+from recipekit import (checkpoint, distributed, entry, hub, loading, loop, models, optim, outputs, progress,
+                       sft_data, updates)
 from recipekit.config import option
 from recipekit.errors import DataError, Preempted
 from recipekit.preemption import StopOnSignal
@@ -225,12 +227,12 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOn
     device = distributed.init_group()
     loop.seed_everything(cfg.seed)
     ws, model_path = distributed.world_size(), models.resolve(cfg.model_name)
-    tokenizer = loading.load_tokenizer(model_path, cfg, token)
+    tokenizer = loading.load_tokenizer(model_path, cfg, token, chat=splits.kind == "chat")
     with distributed.main_first():  # rank 0 tokenizes (and fills the datasets cache) first
         train_items, eval_items = [sft_data.pack_items(sft_data.tokenize(split, tokenizer, cfg, splits.kind), cfg)
                                    if split is not None else [] for split in (splits.train, splits.eval)]
     if not train_items:
-        raise DataError(f"dataset_text_field: no tokens in column {cfg.dataset_text_field!r} of {cfg.dataset_name!r}")
+        raise DataError(f"dataset_name: no tokens in the {splits.format} rows of {cfg.dataset_name!r}")
     pad_id = tokenizer.pad_token_id
 
     model = loading.load_model(model_path, cfg, cfg, token).to(device)
@@ -241,7 +243,7 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOn
                                                      loading.train_dtype(cfg), adapter=False)
         distributed.barrier()
     model = shard(model, cfg, device)
-    optimizer = optim.adamw(model, cfg)
+    optimizer, first_update = optim.adamw(model, cfg), updates.FirstUpdateCheck()
     per_epoch = steps_per_epoch(len(train_items), cfg)
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * per_epoch)
     scheduler = loop.scheduler(cfg.lr_scheduler_type, optimizer, math.ceil(cfg.warmup_ratio * total), total)
@@ -260,6 +262,7 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOn
     # Train: each optimizer step takes up to gradient_accumulation_steps micro-batches of the current epoch.
     model.train()
     started, window, run_losses, saved_at = time.time(), [], [], state["step"]
+    meter = progress.Meter(state["step"])
     while state["step"] < total:
         batches = rank_batches(len(train_items), cfg, state["epoch"], state["position"])
         if not batches:  # a checkpoint taken on a longer dataset, at the end of this epoch
@@ -268,7 +271,9 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOn
         for start in range(0, len(batches), cfg.gradient_accumulation_steps):
             group = batches[start:start + cfg.gradient_accumulation_steps]
             micro = [sft_data.collate_items([train_items[i] for i in ids], pad_id, device) for ids in group]
-            (tokens,) = distributed.all_sum(sum(loop.label_tokens(b["labels"]) for b in micro))
+            tokens, seen = distributed.all_sum(sum(loop.label_tokens(b["labels"]) for b in micro),
+                                               sum(len(train_items[i]["input_ids"]) for ids in group for i in ids))
+            meter.add(seen)
             step_loss = 0.0
             for k, batch in enumerate(micro):
                 model.set_requires_gradient_sync(k == len(micro) - 1)
@@ -277,7 +282,9 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOn
                 (loss * ws / max(tokens, 1)).backward()
                 step_loss += loss.item()
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
+            first_update.before(optimizer, model)
             optimizer.step()
+            first_update.after(optimizer)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             (loss_sum,) = distributed.all_sum(step_loss)
@@ -294,8 +301,7 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOn
                        "learning_rate": scheduler.get_last_lr()[0], "grad_norm": float(norm)}
                 state["log_history"].append(row)
                 window = []
-                log.info("step %d/%d  loss %.4f  lr %.3g  grad_norm %.3f  (%.2f s/step)", step, total, row["loss"],
-                         row["learning_rate"], row["grad_norm"], (time.time() - started) / len(run_losses))
+                log.info(meter.line(step, total, row))
             if step % cfg.save_steps == 0 or step == total:
                 save_checkpoint(model, optimizer, scheduler, state, cfg)
                 saved_at = step
@@ -309,7 +315,8 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOn
 
     # Evaluate and save.
     metrics: dict[str, Any] = {
-        **outputs.run_facts(RECIPE, resume_from, device), "global_step": state["step"], "steps_per_epoch": per_epoch,
+        **outputs.run_facts(RECIPE, resume_from, device), **sft_data.facts(splits), "global_step": state["step"],
+        "steps_per_epoch": per_epoch,
         "train_runtime_s": round(runtime, 1), "train_loss": sum(run_losses) / len(run_losses) if run_losses else None,
         "eval_loss_before": state.get("eval_loss_before"), "hit_rate_before": state.get("hit_rate_before")}
     if eval_items:
@@ -320,7 +327,9 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOn
     if distributed.is_main():
         metrics["hit_rate_after"] = sft_data.hit_rate(exported, tokenizer, splits.hit_rows, cfg, cfg,
                                                       loading.train_dtype(cfg), adapter=True)
-    outputs.finish(cfg, RECIPE, metrics, state["log_history"], sft_data.print_summary)
+    question = sft_data.sample_question(splits)
+    outputs.finish(cfg, RECIPE, metrics, state["log_history"],
+                   functools.partial(sft_data.print_summary, question=question), question=question)
     hub.push(cfg, exported, tokenizer, token)
     distributed.barrier()
     return metrics

@@ -38,9 +38,10 @@ class Config(sft.Options):
         problems = super().check()
         if self.load_in_4bit or self.load_in_8bit:
             problems.append("load_in_4bit: bitsandbytes quantization is not supported under ZeRO-2; use recipes/sft")
-        if self.layer_lr_decay != 1.0 or self.lr_multipliers:
-            problems.append("layer_lr_decay: per-layer learning rates are not supported here (DeepSpeed builds "
-                            "the optimizer); use recipes/sft")
+        for key, on in (("layer_lr_decay", self.layer_lr_decay != 1.0), ("lr_multipliers", bool(self.lr_multipliers))):
+            if on:
+                problems.append(f"{key}: per-parameter learning rates are not supported here (DeepSpeed builds the "
+                                "optimizer); use recipes/sft")
         if not Path(self.zero_config).is_file():
             problems.append(f"zero_config: file not found: {self.zero_config}")
         return problems

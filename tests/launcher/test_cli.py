@@ -46,7 +46,7 @@ def test_dataset_without_the_text_column_is_refused_before_training(tmp_path):
     data.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
     out = tmp_path / "out"
     result = run_launcher("run", "recipes/sft", "--set", f"dataset_name={data}", "--set", f"output_dir={out}")
-    assert_one_line_error(result, "dataset_text_field", "'messages' not found", "columns found: question, answer")
+    assert_one_line_error(result, "dataset_name", "matches no known format", "columns found: question, answer")
     assert not out.exists()
 
 

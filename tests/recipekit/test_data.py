@@ -94,13 +94,13 @@ def test_load_splits_checks_both_splits_and_names_the_key(tmp_path):
     evals = write_jsonl(tmp_path / "eval.jsonl", [{"body": "c"}])
     seen = []
 
-    def prepare(rows, name):
-        seen.append(name)
+    def prepare(rows, key, name):
+        seen.append((key, name))
         return rows.select_columns(["text"])
 
     opts = data.DatasetOptions(dataset_name=train, eval_dataset_name=train)
     loaded, loaded_eval = data.load_splits(opts, {"dataset_text_field": "text"}, None, prepare)
-    assert loaded.column_names == ["text"] and len(loaded_eval) == 2 and seen == [train, train]
+    assert loaded.column_names == ["text"] and len(loaded_eval) == 2 and seen == [("dataset_name", train), ("eval_dataset_name", train)]
     assert data.load_splits(data.DatasetOptions(dataset_name=train), {}, None)[1] is None
     with pytest.raises(DataError) as info:
         data.load_splits(data.DatasetOptions(dataset_name=train, eval_dataset_name=evals),

@@ -66,3 +66,27 @@ def test_cached_weight_casts_leave_the_replies_and_the_frozen_flags_as_they_were
     finally:
         model.requires_grad_(True)
     assert replies == uncached
+
+
+def test_token_f1_scores_the_words_shared_with_the_reference():
+    # check out is at 11 00 / check out 11 00: precision 4/6, recall 4/4
+    assert evaluate.token_f1("Check-out is at 11:00.", "check-out: 11:00") == pytest.approx(0.8)
+    assert evaluate.token_f1("The garage.", "a garage") == 1.0  # articles and punctuation do not count
+    assert evaluate.token_f1("No idea", "11:00") == 0.0
+    assert evaluate.contains("Check-out is at 11:00.", "11:00") == 1.0
+
+
+def test_the_metric_decides_how_a_reply_is_scored(tiny_chat):
+    """Against a reference sharing half its words with the real reply: contains gives 0, token_f1 a part."""
+    model, tokenizer = tiny_chat
+    ask = [{"role": "user", "content": "Is parking free?"}]
+    (reply,) = evaluate.generate_replies(model, tokenizer, [ask], max_new_tokens=8)
+    kept = evaluate.words(reply)[:2]
+    assert len(kept) == 2, reply
+    rows = [{"prompt": ask, "answer": " ".join(kept + ["zzzunseen", "qqqother"])}]
+    contains, _ = evaluate.answer_hit_rate(model, tokenizer, rows, max_new_tokens=8)
+    f1, details = evaluate.answer_hit_rate(model, tokenizer, rows, max_new_tokens=8, metric="token_f1")
+    assert contains == 0.0 and 0.0 < f1 < 1.0 and details[0]["reply"] == reply.strip()
+    # A prompt string is used as it is, without the chat template.
+    (raw,) = evaluate.generate_replies(model, tokenizer, ["Q: Is parking free?\nA:"], max_new_tokens=8)
+    assert raw != reply

@@ -73,3 +73,21 @@ def test_deepspeed_is_left_out_unless_the_recipe_runs_it(library_entries):
         process.leave_out_deepspeed(load_recipe(recipe).Config())
         assert is_left_out("deepspeed") is not runs_deepspeed, recipe
     assert importlib.util.find_spec("deepspeed") is not None  # sft-zero2's process still finds it
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_rank_zero_logs_info_and_every_other_rank_only_warnings_naming_itself(rank):
+    import os
+    import subprocess
+
+    script = ("import logging, warnings\nfrom recipekit import process\nprocess.setup_logging()\n"
+              "logging.getLogger('demo').info('progress')\nlogging.getLogger('demo').warning('disk low')\n"
+              "warnings.warn('old option')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                            env={**os.environ, "RANK": rank})
+    lines = result.stderr.splitlines()
+    if rank == "0":
+        assert [line[9:] for line in lines if "demo:" in line] == ["INFO demo: progress", "WARNING demo: disk low"]
+    else:
+        assert [line[9:] for line in lines if "demo:" in line] == ["rank 1 WARNING demo: disk low"]
+        assert [line[9:44] for line in lines if "old option" in line] == ["rank 1 WARNING py.warnings: <string"]

@@ -89,6 +89,9 @@ def test_lora_raises_held_out_preference_and_the_adapter_loads(lora_run, small_p
     assert metrics["logp_margin_after"] > metrics["logp_margin_before"] + 0.5
     assert metrics["likelihood_accuracy_after"] >= metrics["likelihood_accuracy_before"]
     assert "held-out preference accuracy" in result.stdout and "held-out reward margin" in result.stdout
+    card = (out / "model" / "README.md").read_text()
+    assert f"| held-out preference accuracy | 0.0% | {100 * metrics['preference_accuracy_after']:.1f}% |" in card
+    assert "library_name: peft" in card and "recipe of ft-recipes" in card
     assert (out / "loss.png").stat().st_size > 0 and list((out / "runs").rglob("events.out.tfevents*"))
     resolved = (out / "resolved_config.yaml").read_text()
     assert "chosen_field: good" in resolved and "loss_type: sigmoid" in resolved
@@ -108,6 +111,22 @@ def test_lora_raises_held_out_preference_and_the_adapter_loads(lora_run, small_p
     assert abs(sum(rewards) / 16 - metrics["reward_margin_after"]) < 0.01
     assert sum(r > 0 for r in rewards) / 16 == pytest.approx(metrics["preference_accuracy_after"], abs=1 / 16)
     assert AutoModelForCausalLM.from_pretrained(out / "merged").config.num_hidden_layers == 2
+
+
+def test_implicit_prompt_pairs_train_by_config_alone(tmp_path, tiny_model, small_pairs):
+    """chosen and rejected as whole conversations (the prompt is what they share); the file also has a prompt
+    column, which auto detection would take for an explicit one, so dataset_format says which it is."""
+    paths = {}
+    for split in ("train", "eval"):
+        rows = [json.loads(line) for line in Path(small_pairs[split]).read_text().splitlines()]
+        paths[split] = str(tmp_path / f"{split}.jsonl")
+        Path(paths[split]).write_text("".join(json.dumps({"question": "unused", "good": r["question"] + r["good"],
+                                                          "bad": r["question"] + r["bad"]}) + "\n" for r in rows))
+    out = tmp_path / "implicit"
+    dpo(out, tiny_model, paths, "dataset_format=implicit", "max_steps=4", "merge_adapter=false", "save_steps=10")
+    metrics = read_metrics(out)
+    assert metrics["train_pairs"] == 48 and metrics["eval_pairs"] == 16
+    assert metrics["preference_accuracy_before"] == 0.0 and metrics["reward_margin_after"] > 0.0
 
 
 def test_rerun_resumes_from_the_newest_complete_checkpoint(lora_run, tmp_path, tiny_model, small_pairs):
@@ -151,8 +170,8 @@ def test_bad_pairs_and_config_are_refused_before_training(tmp_path, tiny_model):
     result = run_launcher("run", "recipes/dpo", "--set", f"model_name={tiny_model}", "--set", f"dataset_name={data}",
                           "--set", f"output_dir={out}")
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "error: chosen_field: column 'chosen' not found" in result.stderr
-    assert "columns found: prompt, rejected" in result.stderr
+    assert f"error: dataset_name: {str(data)!r} matches no preference format; columns found: prompt, rejected. " \
+           "Each format needs: explicit: prompt, chosen, rejected; implicit: chosen, rejected" in result.stderr
     assert "Traceback" not in result.stderr and not out.exists()  # stopped before any model or output
 
     result = run_launcher("run", "recipes/dpo", "--set", "rejected_field=chosen",

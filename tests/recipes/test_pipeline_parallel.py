@@ -143,6 +143,18 @@ def export_eval_loss(model, tokenizer, eval_file: str, seq_length: int) -> float
     return total / tokens
 
 
+def test_string_completions_train_through_the_stages(tmp_path, tiny_model, small_hotel):
+    """Prompt/completion strings: tokenized without a chat template, trained on the completion only."""
+    from tests.recipes.test_sft import FORMATS, write_rows
+
+    make_row = FORMATS["prompt_completion"][1]
+    rows = [make_row(json.loads(line)["messages"]) for line in Path(small_hotel["train"]).read_text().splitlines()]
+    data = write_rows(tmp_path / "pc.jsonl", rows[:24])
+    metrics = pipeline(tmp_path / "out", tiny_model, {"train": data, "eval": data}, "max_steps=3", "save_steps=10")
+    assert (metrics["dataset_format"], metrics["data_kind"]) == ("prompt_completion", "completion")
+    assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
+
+
 def test_bad_pipeline_settings_fail_before_any_model_loads(tmp_path):
     result = run_launcher("run", "recipes/pipeline-parallel", "--nproc", "2", "--set", "batch_size=6",
                           "--set", "n_microbatches=4", "--set", "packing=true")

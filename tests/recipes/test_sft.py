@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def lora_run(tmp_path_factory, tiny_model, small_hotel):
     return out, result, read_metrics(out)
 
 
-def test_lora_trains_and_every_output_loads(lora_run):
+def test_lora_trains_and_every_output_loads(lora_run, small_hotel):
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
@@ -52,8 +53,30 @@ def test_lora_trains_and_every_output_loads(lora_run):
     assert len(losses) == 8 and losses[-1] < losses[0]
     assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
     assert 0.0 <= metrics["hit_rate_after"] <= 1.0 and metrics["global_step"] == 8
+    assert (metrics["dataset_format"], metrics["train_examples"], metrics["eval_examples"]) == ("messages", 48, 8)
     assert (out / "loss.png").stat().st_size > 0 and list((out / "runs").rglob("events.out.tfevents*"))
-    assert "launcher try" in result.stdout and "held-out answer hit rate" in result.stdout
+    assert "held-out answer hit rate" in result.stdout
+    # The suggested question is the first held-out one of the user's own data.
+    first = json.loads(Path(small_hotel["eval"]).read_text().splitlines()[0])["messages"][0]["content"]
+    assert f"chat with it: launcher try {out} --prompt '{first}'" in result.stdout
+    # One progress line per logging step, in place of the Trainer's dicts.
+    progress = [line for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in progress] == [f"{step}/8" for step in range(1, 9)]
+    assert all(" tokens/s  elapsed " in line and "  ETA " in line and "  loss " in line for line in progress)
+    assert "{'loss'" not in result.stdout
+
+    # Model cards: the base model, the data, the measured numbers, how to load it and try it.
+    cards = {name: (out / name / "README.md").read_text() for name in ("model", "merged")}
+    before, after = metrics["hit_rate_before"], metrics["hit_rate_after"]
+    for name, card in cards.items():
+        assert f"| held-out answer hit rate | {100 * before:.1f}% | {100 * after:.1f}% |" in card
+        assert f"| held-out eval loss | {metrics['eval_loss_before']:.4f} | {metrics['eval_loss_after']:.4f} |" in card
+        assert f"- train: `{small_hotel['train']}`" in card and "random 2-layer Llama" in card
+        assert f"launcher try {out} --prompt '{first}'" in card and "model_name: tiny-random-llama" in card
+    assert "library_name: peft" in cards["model"] and f"AutoPeftModelForCausalLM.from_pretrained('{out}/model')" in \
+        cards["model"]
+    assert f"AutoModelForCausalLM.from_pretrained('{out}/merged')" in cards["merged"]
+    assert (out / "README.md").read_text() == cards["merged"]
 
     adapter = AutoPeftModelForCausalLM.from_pretrained(out / "model")  # plain peft code
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")  # plain transformers code
@@ -106,12 +129,19 @@ def test_two_ranks_stay_identical_and_end_where_one_process_does_with_the_same_g
 
     common = ("max_steps=8", "eval_answer_field=null", "batch_size=1")
     two, one = tmp_path / "two-ranks", tmp_path / "one-process"
-    sft(two, tiny_model, small_hotel, *common, "replica_check_steps=1", nproc=2)
+    result = sft(two, tiny_model, small_hotel, *common, "replica_check_steps=1", nproc=2)
     sft(one, tiny_model, small_hotel, *common, "gradient_accumulation_steps=2")
     two_ranks, one_process = read_metrics(two), read_metrics(one)
     # Evaluated before step 1, and both ranks held the very same weights after every step.
     assert two_ranks["world_size"] == 2 and two_ranks["eval_loss_before"] is not None
     assert two_ranks["replicas_checked_at_steps"] == list(range(1, 9))
+    # Each progress line once for the job (rank 0); the other rank logs only warnings, naming itself
+    # (tests/recipekit/test_process.py shows the prefix on a warning of its own).
+    steps = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert steps == [f"{step}/8" for step in range(1, 9)]
+    assert "step " not in result.stderr and result.stdout.count("trained 8 steps in ") == 1
+    ranked = [line[9:] for line in result.stderr.splitlines() if re.match(r"\d\d:\d\d:\d\d rank ", line)]
+    assert all(line.startswith(("rank 1 WARNING ", "rank 1 ERROR ")) for line in ranked), ranked
     assert logged_losses(two_ranks) == pytest.approx(logged_losses(one_process), rel=1e-6)
 
     adapters = [load_file(run / "model" / "adapter_model.safetensors") for run in (two, one)]
@@ -120,6 +150,91 @@ def test_two_ranks_stay_identical_and_end_where_one_process_does_with_the_same_g
     assert trained > 1e-3  # the adapters did move away from their zero start
     gap = max(float((adapters[0][name] - adapters[1][name]).abs().max()) for name in adapters[0])
     assert gap <= 1e-6, f"2-rank and 1-process weights differ by up to {gap}"
+
+
+SPEAKER = {"system": "system", "user": "human", "assistant": "gpt"}
+# The hotel conversations rewritten in each other format: (file suffix, row maker, extra keys).
+FORMATS = {
+    "sharegpt": (".jsonl", lambda m: {"conversations": [{"from": SPEAKER[t["role"]], "value": t["content"]}
+                                                        for t in m]}, ()),
+    # CSV with other column names: mapped by dataset_columns.
+    "alpaca": (".csv", lambda m: {"question": m[-2]["content"], "context": "", "reply": m[-1]["content"]},
+               ("dataset_columns={instruction: question, input: context, output: reply}",)),
+    "prompt_completion": (".jsonl", lambda m: {"prompt": f"Question: {m[-2]['content']}\nAnswer:",
+                                               "completion": " " + m[-1]["content"]}, ()),
+    # Alpaca columns too, which auto detection would pick: dataset_format insists on the text.
+    "text": (".parquet", lambda m: {"text": f"{m[-2]['content']} {m[-1]['content']}",
+                                    "instruction": m[-2]["content"], "output": "-"}, ("dataset_format=text",)),
+}
+
+
+def write_rows(path: Path, rows: list[dict]) -> str:
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    {".jsonl": lambda: frame.to_json(path, orient="records", lines=True), ".csv": lambda: frame.to_csv(path, index=False),
+     ".parquet": lambda: frame.to_parquet(path)}[path.suffix]()
+    return str(path)
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_each_data_format_trains_by_config_alone(fmt, tmp_path, tiny_model, small_hotel):
+    """The first 24 hotel conversations as a file in another format: recognised (or named), converted, trained."""
+    suffix, make_row, keys = FORMATS[fmt]
+    conversations = [json.loads(line)["messages"] for line in Path(small_hotel["train"]).read_text().splitlines()]
+    data = write_rows(tmp_path / f"train{suffix}", [make_row(m) for m in conversations[:24]])
+    out = tmp_path / "out"
+    result = sft(out, tiny_model, {"train": data, "eval": data}, "max_steps=3", "merge_adapter=false",
+                 "save_steps=10", *keys)
+    metrics = read_metrics(out)
+    kind = {"prompt_completion": "completion", "text": "text"}.get(fmt, "chat")
+    assert (metrics["dataset_format"], metrics["data_kind"], metrics["train_examples"]) == (fmt, kind, 24)
+    assert len(logged_losses(metrics)) == 3 and metrics["eval_loss_after"] < metrics["eval_loss_before"]
+    assert ("chat with it: launcher try" in result.stdout) and (("--prompt" in result.stdout) == (kind != "text"))
+
+
+def test_string_completions_score_held_out_answers_by_token_f1(tmp_path, tiny_model, small_hotel):
+    """Prompt/completion strings with an eval split: the reference is the completion itself."""
+    rows = [json.loads(line) for line in Path(small_hotel["eval"]).read_text().splitlines()]
+    evals = write_rows(tmp_path / "eval.jsonl", [FORMATS["prompt_completion"][1](r["messages"]) for r in rows])
+    out = tmp_path / "out"
+    sft(out, tiny_model, {"train": evals, "eval": evals}, "max_steps=2", "merge_adapter=false", "save_steps=10",
+        "eval_answer_field=completion", "eval_answer_metric=token_f1")
+    metrics = read_metrics(out)
+    assert metrics["data_kind"] == "completion" and metrics["eval_examples"] == 8
+    assert metrics["hit_rate_before"] is not None and metrics["hit_rate_after"] is not None
+
+
+def test_a_base_model_without_a_chat_template_trains_chat_data_with_the_configured_one(tmp_path, tiny_model,
+                                                                                       small_hotel):
+    from transformers import AutoTokenizer
+
+    from tests.recipekit.test_loading import base_model_dir
+
+    base = base_model_dir(tiny_model, tmp_path)
+    out = tmp_path / "out"
+    sft(out, tiny_model, small_hotel, f"model_name={base}", "default_chat_template=chatml", "max_steps=2",
+        "save_steps=10", "eval_answer_field=null")
+    for saved in ("model", "merged"):  # saved with the model: it chats the way it was trained
+        assert AutoTokenizer.from_pretrained(out / saved).chat_template.startswith("{%- for message in messages %}"
+                                                                                   "{{ '<|im_start|>'")
+    refused = run_launcher(*sft_args(tmp_path / "refused", tiny_model, small_hotel, f"model_name={base}",
+                                     "default_chat_template=null"))
+    assert refused.returncode == 2 and refused.stderr.splitlines() == [
+        f"error: default_chat_template: the tokenizer of {base!r} has no chat template, which chat data needs; set "
+        "default_chat_template to plain or chatml, or bring prompt/completion strings"]
+
+
+def test_a_file_of_no_known_format_is_one_error_before_anything_loads(tmp_path):
+    data = write_rows(tmp_path / "rows.csv", [{"question": "q", "reply": "r"}])
+    out = tmp_path / "out"
+    result = run_launcher("run", "recipes/sft", "--set", f"dataset_name={data}", "--set", f"output_dir={out}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: dataset_name: {data!r} matches no known format; columns found: question, reply. "
+                           "Each format needs: messages: messages; sharegpt: conversations; alpaca: instruction, "
+                           "output (+ input, system); prompt_completion: prompt, completion; text: text")
+    assert not out.exists()
 
 
 @pytest.mark.gpu

@@ -58,6 +58,15 @@ def test_two_ranks_train_and_the_export_is_the_trained_model(two_rank_run, small
     assert len(losses) == 8 and losses[-1] < losses[0] - 0.3
     assert metrics["eval_loss_after"] < metrics["eval_loss_before"] - 0.3
     assert 0.0 <= metrics["hit_rate_after"] <= 1.0 and "eval loss:" in result.stdout
+    # One progress line per step for the job, from rank 0, with the rate of both ranks' tokens and the ETA.
+    lines = [line[9:] for line in result.stderr.splitlines() if ": step " in line]
+    assert [line.split()[3] for line in lines] == [f"{step}/8" for step in range(1, 9)]
+    assert all(line.startswith("INFO recipes.sft-fsdp: ") and " tokens/s " in line and " ETA " in line
+               for line in lines)
+    card = (out / "model" / "README.md").read_text()
+    assert f"| held-out eval loss | {metrics['eval_loss_before']:.4f} | {metrics['eval_loss_after']:.4f} |" in card
+    assert "library_name: transformers" in card
+    assert "(for tests) with all its weights fine-tuned, trained by the `sft-fsdp` recipe" in card
 
     ckpt = out / "checkpoint-8"  # sharded DCP: one file per rank plus the metadata
     assert (ckpt / "COMPLETE").is_file() and (ckpt / ".metadata").is_file()
@@ -115,6 +124,22 @@ def test_checkpoint_of_two_ranks_resumes_in_one_process(two_rank_run, tmp_path, 
 
 
 # SIGTERM → checkpoint → exit 143 → exact resume: tests/recipes/test_fault_tolerance.py (2 processes).
+
+
+def test_string_completions_train_in_the_hand_written_loop(tmp_path, tiny_model, small_hotel):
+    """Prompt/completion strings: tokenized without a chat template, trained on the completion only."""
+    import json
+
+    from tests.recipes.test_sft import FORMATS, write_rows
+
+    make_row = FORMATS["prompt_completion"][1]
+    rows = [make_row(json.loads(line)["messages"]) for line in Path(small_hotel["train"]).read_text().splitlines()]
+    data = write_rows(tmp_path / "pc.jsonl", rows[:24])
+    out = tmp_path / "out"
+    fsdp(out, tiny_model, {"train": data, "eval": data}, "max_steps=3", "save_steps=10", nproc=1)
+    metrics = read_metrics(out)
+    assert (metrics["dataset_format"], metrics["data_kind"]) == ("prompt_completion", "completion")
+    assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
 
 
 def test_bad_config_is_refused_before_anything_loads():

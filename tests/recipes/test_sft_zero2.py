@@ -47,3 +47,12 @@ def test_quantization_is_refused_before_anything_loads():
     result = run_launcher("run", "recipes/sft-zero2", "--nproc", "2", "--set", "load_in_4bit=true")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "load_in_4bit: bitsandbytes quantization is not supported under ZeRO-2" in result.stderr
+
+
+def test_per_parameter_learning_rates_are_refused_naming_the_key():
+    """DeepSpeed builds its own optimizer from its config, so layer_lr_decay and lr_multipliers would do nothing."""
+    for key, value in (("layer_lr_decay", "0.9"), ("lr_multipliers", "{lm_head: 0.1}")):
+        result = run_launcher("validate", "recipes/sft-zero2", "--set", f"{key}={value}")
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"error: {key}: per-parameter learning rates are not supported here (DeepSpeed builds the " \
+               "optimizer); use recipes/sft" in result.stderr

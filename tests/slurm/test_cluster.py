@@ -192,15 +192,14 @@ def test_sft_runs_on_two_nodes_in_sync_and_its_outputs_load(training_jobs):
     assert job["NodeList"] == "node[1-2]" and job["Restarts"] == "0"
     metrics = read_metrics(out)
     assert metrics["world_size"] == 2 and metrics["global_step"] == STEPS
-    # Evaluated first, then data-parallel: the nodes' weights were equal after every step, and each node
-    # logged the same gradient norm at every step (a node training its own replica logs its own).
+    # Evaluated first, then data-parallel: the nodes' weights were compared after every step, and equal.
     assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
     assert metrics["replicas_checked_at_steps"] == list(range(1, STEPS + 1))
-    norms_by_step: dict[str, list[str]] = {}  # keyed by the logged epoch, which each step advances
-    for norm, epoch in re.findall(r"'grad_norm': '([^']+)'.*?'epoch': '([^']+)'", log_of(job_id)):
-        norms_by_step.setdefault(epoch, []).append(norm)
-    assert len(norms_by_step) == STEPS, norms_by_step
-    assert all(len(norms) == 2 and len(set(norms)) == 1 for norms in norms_by_step.values()), norms_by_step
+    # One copy of each progress line per job (rank 0's), though both nodes train and log.
+    log = log_of(job_id)
+    steps = re.findall(rf"^step (\d+)/{STEPS} \(", log, re.M)
+    assert steps == [str(step) for step in range(1, STEPS + 1)], log[-4000:]
+    assert "'grad_norm'" not in log and "rank 1 INFO" not in log  # no Trainer dicts, no other rank's info
     AutoPeftModelForCausalLM.from_pretrained(out / "model")
     # The resolved config sits next to the outputs, and is the one the recipe trained with.
     written = (out / "job-config.yaml").read_text()
