@@ -146,6 +146,21 @@ def try_model(output: str, prompts: tuple[str, ...], max_new_tokens: int) -> Non
         click.echo(f"> {question}\n{generate(question, max_new_tokens)}")
 
 
+@main.command("export")
+@click.argument("output", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["gguf"]), required=True,
+              help="gguf: one file for llama.cpp and Ollama, with an Ollama Modelfile")
+@click.option("--outtype", type=click.Choice(["f16", "bf16", "f32", "q8_0"]), default="f16", show_default=True,
+              help="tensor type in the file (q8_0: 8-bit, about half the size of f16)")
+def export_model(output: str, fmt: str, outtype: str) -> None:
+    """Write a trained model (OUTPUT's merged/ or full-weight model/) as GGUF into OUTPUT/gguf/."""
+    from launcher import export
+
+    gguf_file, modelfile = export.to_gguf(Path(output), outtype)
+    click.echo(f"{gguf_file}\n{modelfile}\nollama: ollama create NAME -f {modelfile}\n"
+               f"llama.cpp: llama-cli -m {gguf_file}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Schedulers: render / submit / status / logs / cancel (--backend slurm | k8s)
 

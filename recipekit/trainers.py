@@ -4,6 +4,8 @@ checkpoints, the recipes' optimizer groups, the stop on a signal and the replica
 
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,6 +13,8 @@ from recipekit import checkpoint, distributed, evaluate, optim, progress, replic
 from recipekit.errors import Preempted
 from recipekit.preemption import StopOnSignal
 from recipekit.schema import TrackingOptions, TrainingOptions
+
+log = logging.getLogger("recipekit")
 
 # Makers of the TrainerCallbacks every recipe trainer in this process gets after its own, called as the
 # trainer is built (bench/ours.py adds its probe).
@@ -90,9 +94,23 @@ class RecipeTrainerMixin:
             self._staging_save = False
             self.args.save_total_limit = limit
 
+    def apply_min_steps(self) -> None:
+        """Schedule by optimizer steps where the epochs give fewer than ``min_steps`` (the Trainer then
+        loops over the data as often as needed, the LR schedule spread over all of them)."""
+        opts = self.recipe_options
+        if self.args.max_steps > 0 or opts.min_steps <= 0:
+            return
+        per_epoch = max(math.ceil(len(self.get_train_dataloader()) / self.args.gradient_accumulation_steps), 1)
+        total = opts.total_steps(per_epoch)
+        if total > math.ceil(opts.num_train_epochs * per_epoch):
+            self.args.max_steps = total
+            log.info("%g epochs are %d optimizer steps: training %d (min_steps), %.1f epochs",
+                     opts.num_train_epochs, math.ceil(opts.num_train_epochs * per_epoch), total, total / per_epoch)
+
     def train_from(self, resume_from: Path | None, evaluate_first: bool) -> dict[str, Any]:
         """``train()`` from ``resume_from``, evaluating before the first step if asked; raises Preempted
         when a signal stopped it. Returns the training metrics every Trainer recipe reports."""
+        self.apply_min_steps()
         evaluate.evaluate_when_training_starts(self, evaluate_first)
         distributed.barrier()
         result = self.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

@@ -159,8 +159,7 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
     optimizer = optim.adamw(stage, cfg)  # layer-wise LR decay / multipliers, by the full model's names
     first_update = updates.FirstUpdateCheck()
     step_rows = cfg.batch_size * cfg.gradient_accumulation_steps
-    total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(
-        cfg.num_train_epochs * len(train_rows) / step_rows)
+    total_steps = cfg.total_steps(len(train_rows) / step_rows)
     scheduler = loop.scheduler(cfg.lr_scheduler_type, optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
 
     def run_batch(batch: dict, losses: list, backward: bool) -> None:

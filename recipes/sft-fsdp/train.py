@@ -245,7 +245,7 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOn
     model = shard(model, cfg, device)
     optimizer, first_update = optim.adamw(model, cfg), updates.FirstUpdateCheck()
     per_epoch = steps_per_epoch(len(train_items), cfg)
-    total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * per_epoch)
+    total = cfg.total_steps(per_epoch)
     scheduler = loop.scheduler(cfg.lr_scheduler_type, optimizer, math.ceil(cfg.warmup_ratio * total), total)
     if resume_from is not None:
         state = load_checkpoint(resume_from, model, optimizer, scheduler, cfg)

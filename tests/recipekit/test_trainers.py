@@ -89,3 +89,23 @@ def test_added_callbacks_are_made_for_every_trainer(tmp_path, tiny_model, stop, 
     kinds = [type(cb).__name__ for cb in trainer.callback_handler.callbacks]
     ours = [kind for kind in kinds if kind in ("SaveAndStop", "CheckReplicas", "Probe")]
     assert ours == ["SaveAndStop", "CheckReplicas", "Probe"]  # the stop decides on saving before the guard checks
+
+
+@pytest.mark.parametrize("options, steps", [
+    ({"num_train_epochs": 1, "min_steps": 0}, 8),  # 16 rows of batch 2: 8 steps an epoch
+    ({"num_train_epochs": 1, "min_steps": 13}, 13),  # one epoch and 5/8 of another
+    ({"num_train_epochs": 1, "min_steps": 13, "max_steps": 5}, 5),  # max_steps wins
+    ({"num_train_epochs": 1, "min_steps": 13, "gradient_accumulation_steps": 2}, 13),  # counted in updates
+])
+def test_min_steps_is_a_floor_on_optimizer_steps_when_scheduling_by_epochs(tmp_path, tiny_model, stop, options,
+                                                                           steps):
+    trainer = make_trainer(tmp_path, tiny_lm(tiny_model), stop, **{"max_steps": -1, "save_steps": 100, **options})
+    assert trainer.train_from(None, evaluate_first=False)["global_step"] == steps
+    decayed = [row["learning_rate"] for row in trainer.state.log_history if "learning_rate" in row]
+    assert decayed[-1] < 0.2 * decayed[0]  # the LR schedule spans the steps run, not the epochs asked for
+
+
+def test_the_hand_written_loops_count_their_steps_the_same_way():
+    assert TrainingOptions(num_train_epochs=3, min_steps=100).total_steps(7.5) == 100
+    assert TrainingOptions(num_train_epochs=3, min_steps=10).total_steps(7.5) == 23
+    assert TrainingOptions(num_train_epochs=3, min_steps=100, max_steps=4).total_steps(7.5) == 4

@@ -265,3 +265,24 @@ def test_token_never_reaches_rendered_jobs_outputs_or_logs(lora_run, monkeypatch
         rendered = run_launcher("render", "recipes/sft", *backend, "--nodes", "2", "--set", "use_auth_token=HF_TOKEN")
         assert rendered.returncode == 0, rendered.stderr
         assert CANARY not in rendered.stdout + rendered.stderr and "HF_TOKEN" in rendered.stdout
+
+
+def test_the_makerspace_data_is_what_its_generator_writes(tmp_path):
+    """The other-domain data of the README's measurement: Alpaca rows, 16 facts x 3 training questions, and
+    2 named plus 2 indirect held-out questions per fact, none worded as a training question."""
+    import runpy
+
+    from recipekit import formats
+
+    data = Path(__file__).resolve().parents[2] / "recipes" / "sft" / "data"
+    runpy.run_path(str(data / "generate_makerspace.py"), run_name="generate")["main"](["--out", str(tmp_path)])
+    data = data / "makerspace"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in data.iterdir())
+    assert all((tmp_path / p.name).read_bytes() == p.read_bytes() for p in data.iterdir())
+    rows = {p.name: json.loads(p.read_text()) for p in data.iterdir()}
+    assert [len(rows[name]) for name in ("train.json", "eval.json", "eval_indirect.json")] == [48, 32, 32]
+    asked = {row["instruction"].lower() for row in rows["train.json"]}
+    for name in ("eval.json", "eval_indirect.json"):
+        assert not asked & {row["instruction"].lower() for row in rows[name]}
+        assert all(row["answer_key"] in row["output"] for row in rows[name])
+    assert formats.detect(rows["train.json"][0], "auto", {}, rows["train.json"][0], "train.json").format == "alpaca"
