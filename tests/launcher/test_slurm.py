@@ -218,3 +218,12 @@ def test_a_search_recipe_is_a_job_array_of_python_workers(tmp_path):
     assert "  python recipes/optuna/search.py --config \"$config\" &\n" in text and "launcher.keeper" not in text
 
 
+
+
+def test_oci_steps_do_not_inherit_node_0s_task_ids():
+    """Inside Slurm's OCI containers no per-task SLURM_NODEID is set, so the batch shell's (node 0's) would
+    reach every node, and each node's keeper would claim the rendezvous store (tests/images/test_slurm_oci.py
+    runs the job)."""
+    text = script({"container": "oci", "image": "/shared/bundle", "workdir": "/opt/ft-recipes"})
+    assert "\nenv -u SLURM_NODEID -u SLURM_PROCID -u SLURM_LOCALID -u SLURMD_NODENAME srun " in text
+    assert "\nsrun " in script({})  # without a container the tasks get their own ids
