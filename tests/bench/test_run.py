@@ -237,9 +237,9 @@ def test_gpu_path_runs_on_cpu_with_a_tiny_model_and_writes_real_numbers(tmp_path
     assert result["suite"] == "gpu" and result["seq_length"] == 256 and result["steps"] == 2
     assert len(result["load_before"]) == 3 and result["environment"]["versions"]["trl"]
     assert "no GPU in this run" in result["goals"][0]
-    peer, ours = result["rows"]
-    assert (peer["name"], ours["name"]) == ("trl-sft-lora", "sft-lora")
-    for row in (peer, ours):
+    peer, tuned, ours = result["rows"]
+    assert (peer["name"], tuned["name"], ours["name"]) == ("trl-sft-lora", "trl-sft-lora-tuned", "sft-lora")
+    for row in (peer, tuned, ours):
         assert row["steps"] == 2 and row["device"] == "cpu" and row["model"]["head_dim"] == 16
         assert row["tokens_timed"] > 0 and math.isclose(row["tokens_per_s"] * row["timed_s"], row["tokens_timed"])
         assert 0 < row["time_to_first_step_s"] < row["process_wall_s"]
@@ -248,9 +248,13 @@ def test_gpu_path_runs_on_cpu_with_a_tiny_model_and_writes_real_numbers(tmp_path
         assert row["foreign_cpu_share"] is not None
     # Each side really ran with its own settings: TRL defaults vs the recipe's packed batches.
     assert peer["settings"]["gradient_checkpointing"] is True and peer["settings"]["packing"] is False
+    assert tuned["settings"]["gradient_checkpointing"] is False and tuned["settings"]["packing"] is True
+    assert tuned["settings"]["padding_free"] is True and tuned["settings"]["per_device_train_batch_size"] == 4
     assert ours["settings"]["packing"] is True and ours["settings"]["per_device_train_batch_size"] == 4
     assert peer["tokens_per_step"] <= 8 * 256 and ours["tokens_per_step"] <= 4 * 256
+    assert tuned["tokens_per_step"] <= 4 * 256
     assert 0 < peer["loss_tokens_per_s"] <= peer["tokens_per_s"]
-    assert ours["ratio_vs_peer"] == pytest.approx(ours["tokens_per_s"] / peer["tokens_per_s"])
+    assert ours["ratios"] == {"defaults": pytest.approx(ours["tokens_per_s"] / peer["tokens_per_s"]),
+                              "tuned": pytest.approx(ours["tokens_per_s"] / tuned["tokens_per_s"])}
     table = Path(result_file.with_suffix(".md")).read_text()
-    assert "| sft-lora | `sft` | yes |" in table and "Command: `python -m bench.run --suite gpu" in table
+    assert "| sft-lora | `sft` | yes | 256 | 1 |" in table and "Command: `python -m bench.run --suite gpu" in table
