@@ -512,6 +512,7 @@ def plot_scaling(result: dict[str, Any], path: Path) -> None:
         axes.set_xticks(list(SCALING_LENGTHS), [str(n) for n in SCALING_LENGTHS])
         axes.set_xlabel("sequence length (tokens)")
         axes.set_title(title)
+        axes.set_ylim(bottom=0)
         axes.grid(alpha=0.3)
     speed.legend(fontsize=8)
     env = result["environment"]

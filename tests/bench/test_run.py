@@ -222,6 +222,15 @@ def test_cpu_goals_and_table_compare_the_recipe_with_both_peers_and_the_limit():
     assert "| matmul-limit | `torch.matmul` |" in table and "bfloat16 0.000 frozen" in table
 
 
+def test_the_scaling_plot_draws_one_line_per_tool_and_process_count(tmp_path):
+    rows = [{"kind": "training", "tool": tool, "processes": processes, "seq_length": length,
+             "tokens_per_s": 100.0 * processes, "peak_memory_bytes": 2**30 * length / 256}
+            for tool in ("sft", "trl sft") for processes in (1, 2) for length in run.SCALING_LENGTHS]
+    result = {"rows": rows, "model": "m", "date": "d", "environment": {"cpu": "c", "logical_cpus": 2}}
+    run.plot_scaling(result, tmp_path / "scaling.png")
+    assert (tmp_path / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.mark.slow
 def test_gpu_path_runs_on_cpu_with_a_tiny_model_and_writes_real_numbers(tmp_path):
     """The GPU suite's path end to end (random model from a config, peer + recipe, MFU), on a CPU."""
