@@ -52,9 +52,8 @@ SUITES = ("cpu", "gpu", "ablation", "scaling")
 DEFAULT_STEPS = {"cpu": 30, "gpu": 30, "ablation": 20, "scaling": 4}
 SCALING_LENGTHS = (256, 512, 1024, 2048)
 SCALING_PROCESSES = (1, 2)
-MATMUL_LIMIT = "matmul-limit"
+MATMUL_LIMIT = "matmul-limit"  # the row that holds the machine's measured matmul throughput
 LONG_ROW_STEPS = 8  # ablation rows at long rows: each step is several times longer
-  # the row that holds the machine's measured matmul throughput
 NOISY_SHARE = 0.05  # other processes' share of all CPUs during a row above which the table warns
 
 # Random-weight models built from a config (throughput does not depend on the weights' values).
