@@ -114,8 +114,8 @@ def peer(name: str, workdir: Path, data_dir: Path, model: str, seq_length: int, 
 
     With ``tuned_batch``, tuned as an expert would for this work: ``tuned_batch`` packed blocks per
     batch, laid out padding-free (one row, no padding), no gradient checkpointing (the activations
-    of a small model fit), bf16 (on a CPU: with avx512_bf16 or AMX its matmuls run about twice as fast
-    as float32, bench/matmul.py measures both).
+    of a small model fit), bf16 (on a CPU with avx512_bf16 or AMX its matmuls outrun float32's; the
+    matmul-limit row measures both).
     """
     argv = ["-m", "bench.peer", "--model_name_or_path", model, "--dataset_name", str(data_dir),
             "--output_dir", str(workdir / name), "--max_length", str(seq_length), "--max_steps", str(steps)]
