@@ -496,7 +496,7 @@ def plot_scaling(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [row for row in result["rows"] if row["kind"] == "training"]
-    fig, (speed, memory) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (speed, memory) = plt.subplots(1, 2, figsize=(10, 4.8))
     for tool, processes in sorted({(row["tool"], row["processes"]) for row in rows}):
         line = sorted((row for row in rows if (row["tool"], row["processes"]) == (tool, processes)),
                       key=lambda row: row["seq_length"])
@@ -506,6 +506,12 @@ def plot_scaling(result: dict[str, Any], path: Path) -> None:
         lengths = [row["seq_length"] for row in line]
         speed.plot(lengths, [row["tokens_per_s"] for row in line], label=label, **style)
         memory.plot(lengths, [row["peak_memory_bytes"] / 2**30 for row in line], label=label, **style)
+        busy = [row for row in line if (row.get("foreign_cpu_share") or 0) > NOISY_SHARE]
+        speed.scatter([row["seq_length"] for row in busy], [row["tokens_per_s"] for row in busy], s=160,
+                      facecolors="none", edgecolors="black", label="_busy")
+    if any((row.get("foreign_cpu_share") or 0) > NOISY_SHARE for row in rows):
+        speed.scatter([], [], s=160, facecolors="none", edgecolors="black",
+                      label=f"other load > {100 * NOISY_SHARE:.0f}% of the CPUs")
     for axes, title in ((speed, "tokens/s (all processes)"), (memory, "peak RSS per process (GiB)")):
         axes.set_xscale("log", base=2)
         axes.set_xticks(list(SCALING_LENGTHS), [str(n) for n in SCALING_LENGTHS])
@@ -513,10 +519,10 @@ def plot_scaling(result: dict[str, Any], path: Path) -> None:
         axes.set_title(title)
         axes.set_ylim(bottom=0)
         axes.grid(alpha=0.3)
-    speed.legend(fontsize=8)
+    fig.legend(*speed.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
     env = result["environment"]
     fig.suptitle(f"{result['model']}, LoRA, {env['cpu']} ({env['logical_cpus']} CPUs), {result['date']}", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
