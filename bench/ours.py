@@ -7,7 +7,8 @@ Arguments after the recipe path are the recipe's own (--config/--set), so this i
 trainer it builds gets the probe after its own callbacks (``recipekit.trainers.added_callbacks``).
 For the ablation rows, each of these switches one CPU speed path (``recipekit.cpu_speedups``) off:
 BENCH_TRL_LOSS=1 (TRL's own loss instead of the plain one), BENCH_FULL_LOGITS=1 (LM head on every
-position), BENCH_NO_DOC_ATTENTION=1 (stock SDPA with the packed block mask).
+position), BENCH_NO_DOC_ATTENTION=1 (stock SDPA with the packed block mask), BENCH_NO_FROZEN_PREFIX=1
+(the frozen layers below the adapters run in every epoch).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from recipekit import cpu_speedups, trainers
 
 ABLATIONS = {"BENCH_TRL_LOSS": "plain_loss", "BENCH_FULL_LOGITS": "trained_positions",
-             "BENCH_NO_DOC_ATTENTION": "document_attention"}
+             "BENCH_NO_DOC_ATTENTION": "document_attention", "BENCH_NO_FROZEN_PREFIX": "frozen_prefix"}
 
 
 def main(argv: list[str]) -> None:

@@ -81,6 +81,9 @@ def model_shape(model) -> dict[str, Any]:
 class Probe(TrainerCallback):
     def __init__(self, out_path: str | os.PathLike | None = None):
         self.out_path = Path(out_path or os.environ[OUT_ENV])
+        rank = int(os.environ.get("RANK", "0"))
+        if rank:  # under torchrun every rank writes its own file beside rank 0's (bench.run.rank_outputs)
+            self.out_path = self.out_path.with_name(f"{self.out_path.stem}.rank{rank}{self.out_path.suffix}")
         self.launched_at = float(os.environ.get(LAUNCHED_ENV) or time.time())
         self.totals = None  # running (tokens, squared doc lengths, loss tokens) tensors
         self.steps: list[tuple[float, Any]] = []

@@ -1,14 +1,18 @@
 """`make bench`: the sft recipe against TRL's own `trl sft`, in one run, on this machine.
 
-    python -m bench.run                          # CPU: SmolLM2-135M LoRA on the hotel data
+    python -m bench.run                          # CPU: SmolLM2-135M LoRA and full FT on the hotel data
     python -m bench.run --suite gpu              # GPU: Llama-3.2-1B-shaped full FT + LoRA at seq 2048
     python -m bench.run --suite gpu --shape tiny --peak-tflops 1   # the GPU path on a CPU, tiny model
     python -m bench.run --suite ablation         # CPU: what each of the recipe's choices buys
+    python -m bench.run --suite scaling          # CPU: sequence length 256-2048, 1 and 2 processes
     python -m bench.run --dry-run                # print the commands, run nothing
 
-Every row is its own process, started one after another, so each gets the whole machine and
-its own peak memory. Both sides get the same model, data, sequence length, optimizer steps,
-LoRA settings and threads; everything else is each tool's default. Results go to
+Every row is its own process (or torchrun group), started one after another, so each gets the
+whole machine and its own peak memory. Every side gets the same model, data, sequence length,
+optimizer steps, LoRA settings and threads. The peer runs twice: with its defaults, and tuned as an
+expert would tune it for this work (packed padding-free batches of the recipe's size, no gradient
+checkpointing, bf16). On a CPU the run also measures the machine's matmul throughput at the
+model's shapes (bench/matmul.py), the limit the CPU MFU is taken against. Results go to
 bench/results/<host>-<date>[-<suite>].json and .md (see docs/benchmarks.md).
 """
 
@@ -33,7 +37,8 @@ from typing import Any
 
 import yaml
 
-from bench import flops
+from bench import flops, matmul
+from recipekit import cpu_speedups
 
 # Set by the runner for the training process it starts; read by bench/probe.py inside it.
 OUT_ENV = "BENCH_PROBE_OUT"  # where the probe writes its JSON
@@ -43,8 +48,12 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
 SFT = REPO / "recipes" / "sft"
 HOTEL_TRAIN = REPO / "recipekit" / "datasets" / "hotel" / "train.jsonl"
-SUITES = ("cpu", "gpu", "ablation")
-DEFAULT_STEPS = {"cpu": 30, "gpu": 30, "ablation": 20}
+SUITES = ("cpu", "gpu", "ablation", "scaling")
+DEFAULT_STEPS = {"cpu": 30, "gpu": 30, "ablation": 20, "scaling": 4}
+SCALING_LENGTHS = (256, 512, 1024, 2048)
+SCALING_PROCESSES = (1, 2)
+MATMUL_LIMIT = "matmul-limit"  # the row that holds the machine's measured matmul throughput
+LONG_ROW_STEPS = 8  # ablation rows at long rows: each step is several times longer
 NOISY_SHARE = 0.05  # other processes' share of all CPUs during a row above which the table warns
 
 # Random-weight models built from a config (throughput does not depend on the weights' values).
@@ -67,17 +76,27 @@ class Scenario:
     tool: str  # "sft" (ours) or "trl sft" (the peer)
     lora: bool
     argv: list[str]  # after `python`
-    baseline: str | None = None  # the peer row this one is compared with
+    baselines: dict[str, str] = field(default_factory=dict)  # {"defaults"|"tuned": peer row compared with}
     note: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    processes: int = 1  # more than one: started under torchrun on this machine
+    seq_length: int | None = None  # set where rows of one run differ in it (the scaling suite)
 
 
 def recipe_defaults() -> dict[str, Any]:
     return yaml.safe_load((SFT / "config.yaml").read_text())
 
 
+def torchrun(processes: int, module_argv: list[str]) -> list[str]:
+    """``module_argv`` (``-m module ...``) under torchrun with ``processes`` local processes, or as it is for one."""
+    if processes == 1:
+        return module_argv
+    return ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *module_argv]
+
+
 def ours(name: str, workdir: Path, data_dir: Path, model: str, seq_length: int, steps: int, lora: bool,
-         extra: tuple[str, ...] = (), baseline: str | None = None, note: str = "", env=None) -> Scenario:
+         extra: tuple[str, ...] = (), baselines: dict[str, str] | None = None, note: str = "", env=None,
+         processes: int = 1) -> Scenario:
     """The sft recipe with its shipped config; only what must match the peer (and no eval/export) is set."""
     overrides = [f"model_name={model}", f"dataset_name={data_dir}", "dataset_split=train", "eval_split=null",
                  f"seq_length={seq_length}", f"max_steps={steps}", f"output_dir={workdir / name}", "resume=false",
@@ -86,57 +105,109 @@ def ours(name: str, workdir: Path, data_dir: Path, model: str, seq_length: int, 
     argv = ["-m", "bench.ours", str(SFT / "train.py"), "--config", str(SFT / "config.yaml")]
     for item in overrides:
         argv.append(f"--set={item}")
-    return Scenario(name, "sft", lora, argv, baseline, note, env or {})
+    return Scenario(name, "sft", lora, torchrun(processes, argv), dict(baselines or {}), note, env or {}, processes)
 
 
 def peer(name: str, workdir: Path, data_dir: Path, model: str, seq_length: int, steps: int, lora: bool,
-         cuda: bool) -> Scenario:
-    """`trl sft` with its defaults, told only the model, data, length, steps and LoRA settings."""
+         cuda: bool, tuned_batch: int | None = None, processes: int = 1) -> Scenario:
+    """`trl sft` told only the model, data, length, steps and LoRA settings; everything else is its default.
+
+    With ``tuned_batch``, tuned as an expert would for this work: ``tuned_batch`` packed blocks per
+    batch, laid out padding-free (one row, no padding), no gradient checkpointing (the activations
+    of a small model fit), bf16 (on a CPU with avx512_bf16 or AMX its matmuls outrun float32's; the
+    matmul-limit row measures both).
+    """
     argv = ["-m", "bench.peer", "--model_name_or_path", model, "--dataset_name", str(data_dir),
             "--output_dir", str(workdir / name), "--max_length", str(seq_length), "--max_steps", str(steps)]
     if not cuda:
         argv.append("--use_cpu")  # TrainingArguments refuses its own bf16 default on a CPU without it
+    if tuned_batch:
+        argv += ["--packing", "true", "--padding_free", "true", "--gradient_checkpointing", "false",
+                 "--bf16", "true", "--per_device_train_batch_size", str(tuned_batch)]
     if lora:
         lora_cfg = recipe_defaults()
         argv += ["--use_peft", "--lora_r", str(lora_cfg["peft_lora_r"]), "--lora_alpha", str(lora_cfg["peft_lora_alpha"]),
                  "--lora_dropout", str(lora_cfg["peft_lora_dropout"]),
                  "--lora_target_modules", str(lora_cfg["peft_target_modules"])]
-    return Scenario(name, "trl sft", lora, argv)
+    note = "tuned: packed, padding-free, no gradient checkpointing, bf16" if tuned_batch else "defaults"
+    return Scenario(name, "trl sft", lora, torchrun(processes, argv), note=note, processes=processes)
+
+
+def three_rows(kind: str, lora: bool, both: dict[str, Any], cuda: bool, batch: int,
+               extra: tuple[str, ...] = ()) -> list[Scenario]:
+    """The peer with its defaults, the peer tuned (``batch`` packed blocks), and the recipe compared with both."""
+    defaults, tuned = f"trl-sft-{kind}", f"trl-sft-{kind}-tuned"
+    return [peer(defaults, lora=lora, cuda=cuda, **both),
+            peer(tuned, lora=lora, cuda=cuda, tuned_batch=batch, **both),
+            ours(f"sft-{kind}", lora=lora, extra=extra, baselines={"defaults": defaults, "tuned": tuned}, **both)]
+
+
+def limit_scenario(model: str, rows: int) -> Scenario:
+    """The machine's matmul throughput at ``model``'s shapes with ``rows`` rows (bench/matmul.py)."""
+    return Scenario(MATMUL_LIMIT, "torch.matmul", False, ["-m", "bench.matmul", model, str(rows)],
+                    note="dense matmuls at the model's weight shapes, one micro-batch of rows (TFLOP/s: LoRA's "
+                         "frozen weights / full fine-tuning)")
 
 
 def plan(suite: str, workdir: Path, data_dir: Path, model: str, seq_length: int, steps: int, cuda: bool,
          qlora_model: str | None = None, qlora_shape: str | None = None) -> list[Scenario]:
     both = dict(workdir=workdir, data_dir=data_dir, model=model, seq_length=seq_length, steps=steps)
+    batch = int(recipe_defaults()["batch_size"])
     if suite == "cpu":
-        return [peer("trl-sft-lora", lora=True, cuda=cuda, **both),
-                ours("sft-lora", lora=True, baseline="trl-sft-lora", **both),
-                peer("trl-sft-full", lora=False, cuda=cuda, **both),
-                ours("sft-full", lora=False, extra=("learning_rate=2e-5",), baseline="trl-sft-full", **both)]
+        return [*three_rows("lora", True, both, cuda, batch),
+                *three_rows("full", False, both, cuda, batch, extra=("learning_rate=2e-5",))]
+    if suite == "scaling":
+        # One packed block per process and step, so a step's row is one sequence length long. The tuned
+        # peer is the one to beat; the defaults peer is left out to keep the run short on 2 cores.
+        rows = []
+        for length in SCALING_LENGTHS:
+            for processes in SCALING_PROCESSES:
+                at, suffix = {**both, "seq_length": length}, f"-{length}-x{processes}"
+                tuned = f"trl-sft-lora-tuned{suffix}"
+                rows += [peer(tuned, lora=True, cuda=cuda, tuned_batch=1, processes=processes, **at),
+                         ours(f"sft-lora{suffix}", lora=True, extra=("batch_size=1",), baselines={"tuned": tuned},
+                              processes=processes, **at)]
+                for row in rows[-2:]:
+                    row.seq_length = length
+        return rows
     if suite == "ablation":
-        return [
+        # One row per choice of the recipe, and per CPU path (recipekit.cpu_speedups) that applies to sft
+        # training, switched back off; per-document attention and the frozen layers computed once only act
+        # on long rows and from the second epoch, so each is measured in a pair of rows of its own.
+        vs = {"defaults": "trl-sft-lora", "shipped": "sft-lora"}
+        long_seq = max(seq_length, cpu_speedups.DOCUMENT_ATTENTION_MIN_ROW // batch)
+        long = {**both, "seq_length": long_seq, "steps": LONG_ROW_STEPS}
+        two_epochs = ("peft_top_layers=15", "max_steps=-1", "num_train_epochs=2")  # the later --set wins
+        rows = [
             peer("trl-sft-lora", lora=True, cuda=cuda, **both),
-            ours("sft-lora", lora=True, baseline="trl-sft-lora", note="as shipped", **both),
-            ours("no-packing", lora=True, extra=("packing=false",), baseline="trl-sft-lora",
+            ours("sft-lora", lora=True, baselines={"defaults": "trl-sft-lora"}, note="as shipped", **both),
+            ours("no-packing", lora=True, extra=("packing=false",), baselines=vs,
                  note="padded batches of whole examples instead of packed blocks", **both),
-            ours("no-doc-attention", lora=True, baseline="trl-sft-lora", env={"BENCH_NO_DOC_ATTENTION": "1"},
-                 note="stock SDPA over the whole packed row with a block mask", **both),
-            ours("full-logits", lora=True, baseline="trl-sft-lora", env={"BENCH_FULL_LOGITS": "1"},
-                 note="LM head on every position, not only where a label follows", **both),
-            ours("trl-loss", lora=True, baseline="trl-sft-lora", env={"BENCH_TRL_LOSS": "1"},
-                 note="TRL's own loss (fused log-probs + entropy metrics) instead of the plain one", **both),
-            ours("grad-ckpt", lora=True, extra=("gradient_checkpointing=true",), baseline="trl-sft-lora",
+            ours("full-logits", lora=True, baselines=vs, env={"BENCH_FULL_LOGITS": "1"},
+                 note="cpu path trained_positions off: LM head on every position, not only where a label follows",
+                 **both),
+            ours("trl-loss", lora=True, baselines=vs, env={"BENCH_TRL_LOSS": "1"},
+                 note="cpu path plain_loss off: TRL's own loss (fused log-probs + entropy metrics)", **both),
+            ours("grad-ckpt", lora=True, extra=("gradient_checkpointing=true",), baselines=vs,
                  note="gradient checkpointing on (TRL's default)", **both),
-            ours("fp32", lora=True, extra=("bf16=false",), baseline="trl-sft-lora",
-                 note="no bf16 autocast", **both),
-            ours("top-15-layers", lora=True, extra=("peft_top_layers=15",), baseline="trl-sft-lora",
-                 note="adapters on the top 15 of 30 layers (`make demo`); different LoRA settings", **both),
+            ours("fp32", lora=True, extra=("bf16=false",), baselines=vs, note="no bf16 autocast", **both),
+            ours(f"sft-lora-{long_seq}", lora=True, note=f"as shipped at seq_length {long_seq} "
+                 f"({batch * long_seq}-token rows: per-document attention on), {LONG_ROW_STEPS} steps", **long),
+            ours(f"no-doc-attention-{long_seq}", lora=True, baselines={"shipped": f"sft-lora-{long_seq}"},
+                 env={"BENCH_NO_DOC_ATTENTION": "1"},
+                 note="cpu path document_attention off: stock SDPA over the whole packed row with a block mask",
+                 **long),
+            ours("top-15-layers", lora=True, extra=two_epochs, baselines={"defaults": "trl-sft-lora"},
+                 note="adapters on the top 15 of 30 layers (`make demo`), two epochs", **both),
+            ours("no-frozen-prefix", lora=True, extra=two_epochs, baselines={"shipped": "top-15-layers"},
+                 env={"BENCH_NO_FROZEN_PREFIX": "1"},
+                 note="cpu path frozen_prefix off: the frozen bottom layers run again in the second epoch", **both),
         ]
+        return rows
     # gpu: full fine-tuning and LoRA; packed batches of 4 x seq_length, bf16, no checkpointing
     fast = ("batch_size=4", "bf16=true", "packing=true", "gradient_checkpointing=false")
-    rows = [peer("trl-sft-full", lora=False, cuda=cuda, **both),
-            ours("sft-full", lora=False, extra=(*fast, "learning_rate=2e-5"), baseline="trl-sft-full", **both),
-            peer("trl-sft-lora", lora=True, cuda=cuda, **both),
-            ours("sft-lora", lora=True, extra=fast, baseline="trl-sft-lora", **both)]
+    rows = [*three_rows("full", False, both, cuda, 4, extra=(*fast, "learning_rate=2e-5")),
+            *three_rows("lora", True, both, cuda, 4, extra=fast)]
     if qlora_model:
         rows.append(ours("sft-qlora", lora=True, extra=(*fast, "load_in_4bit=true", f"model_name={qlora_model}"),
                          note=f"QLoRA (nf4) of the {qlora_shape} shape: the peak-memory row", **both))
@@ -186,9 +257,32 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def merge_ranks(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One probe record from those of the ranks of a torchrun group (rank 0 first): tokens summed per step,
+    rank 0's clock (the ranks step together), the largest process's peak memory and the sum of all."""
+    merged = dict(records[0])
+    if len(records) > 1:
+        merged["steps"] = [{**step, **{key: None if any(r["steps"][i][key] is None for r in records)
+                                       else sum(r["steps"][i][key] for r in records)
+                                       for key in ("tokens", "doc_len_sq", "loss_tokens")}}
+                           for i, step in enumerate(records[0]["steps"])]
+        merged["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in records)
+    merged["processes"] = len(records)
+    merged["peak_rss_sum_bytes"] = sum(r["peak_rss_bytes"] for r in records)
+    return merged
+
+
+def rank_outputs(probe_out: Path) -> list[Path]:
+    """Where the probe of each rank writes (bench/probe.py): rank 0 at ``probe_out``, rank r beside it."""
+    return [probe_out, *sorted(probe_out.parent.glob(f"{probe_out.stem}.rank*{probe_out.suffix}"),
+                               key=lambda p: int(p.stem.rsplit(".rank", 1)[1]))]
+
+
 def run_scenario(scenario: Scenario, workdir: Path, threads: int, timeout: int) -> dict[str, Any]:
     probe_out = workdir / f"{scenario.name}.probe.json"
     log_path = workdir / f"{scenario.name}.log"
+    # A torchrun group shares the threads: one process per core rather than each fighting for all.
+    threads = max(1, threads // scenario.processes)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
            OUT_ENV: str(probe_out), **scenario.env}
@@ -212,7 +306,7 @@ def run_scenario(scenario: Scenario, workdir: Path, threads: int, timeout: int) 
         tail = log_path.read_text(errors="replace")[-4000:]
         why = f"timed out after {timeout} s" if code is None else f"exit code {code}"
         raise RuntimeError(f"{scenario.name} failed ({why}); last lines of its log:\n{tail}")
-    record = json.loads(probe_out.read_text())
+    record = merge_ranks([json.loads(path.read_text()) for path in rank_outputs(probe_out)])
     record["wall_s"] = wall
     record["cpu_s"] = own
     # CPU time other processes took while this row ran: a busy machine shows up here, not silently.
@@ -220,8 +314,10 @@ def run_scenario(scenario: Scenario, workdir: Path, threads: int, timeout: int) 
     return record
 
 
-def summarize(scenario: Scenario, probe: dict[str, Any], peak: float | None) -> dict[str, Any]:
-    """One result row from a probe record: steady tokens/s (after step 1), TTFS, memory, MFU."""
+def summarize(scenario: Scenario, probe: dict[str, Any], peak: float | None,
+              limit: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One result row from a probe record: steady tokens/s (after step 1), TTFS, memory, MFU (on a CPU:
+    of the measured matmul ``limit``, the matmul-limit row)."""
     steps = probe["steps"]
     if len(steps) < 2:
         raise RuntimeError(f"{scenario.name}: needs at least 2 optimizer steps to time, got {len(steps)}")
@@ -232,9 +328,11 @@ def summarize(scenario: Scenario, probe: dict[str, Any], peak: float | None) -> 
     model_flops = flops.model_flops(probe["model"], tokens, doc_len_sq, scenario.lora)
     cuda_peak, foreign = probe.get("cuda_max_allocated_bytes"), probe["foreign_cpu_s"]
     on_gpu = probe["device"].startswith("cuda")
+    cpu_limit = None if on_gpu else matmul.limit_for(limit, bool(probe["settings"].get("bf16")), scenario.lora)
     return {
-        "name": scenario.name, "tool": scenario.tool, "lora": scenario.lora, "note": scenario.note,
-        "baseline": scenario.baseline, "command": shlex.join(["python", *scenario.argv]),
+        "name": scenario.name, "kind": "training", "tool": scenario.tool, "lora": scenario.lora,
+        "note": scenario.note, "baselines": scenario.baselines, "processes": probe["processes"],
+        "seq_length": scenario.seq_length, "command": shlex.join(["python", *scenario.argv]),
         "steps": len(steps), "timed_steps": len(steps) - 1, "timed_s": seconds,
         "tokens_total": last["tokens"], "tokens_timed": tokens,
         "tokens_per_s": tokens / seconds,
@@ -244,10 +342,12 @@ def summarize(scenario: Scenario, probe: dict[str, Any], peak: float | None) -> 
         "time_to_first_step_s": first["at"] - probe["launched_at"],
         "peak_memory_bytes": cuda_peak if on_gpu else probe["peak_rss_bytes"],
         "peak_memory_kind": "cuda_max_allocated" if on_gpu else "rss",
-        "peak_rss_bytes": probe["peak_rss_bytes"], "cuda_max_allocated_bytes": cuda_peak,
+        "peak_rss_bytes": probe["peak_rss_bytes"], "peak_rss_sum_bytes": probe["peak_rss_sum_bytes"],
+        "cuda_max_allocated_bytes": cuda_peak,
         "model_tflops_per_s": model_flops / seconds / 1e12,
         "flops_per_token": model_flops / tokens if tokens else None,
         "mfu": flops.mfu(model_flops, seconds, peak),
+        "matmul_limit_tflops": cpu_limit, "cpu_mfu": flops.mfu(model_flops, seconds, cpu_limit),
         "process_wall_s": probe["wall_s"], "process_cpu_s": probe["cpu_s"], "foreign_cpu_s": foreign,
         "foreign_cpu_share": None if foreign is None else foreign / (probe["wall_s"] * (os.cpu_count() or 1)),
         "device": probe["device"], "torch_threads": probe["torch_threads"],
@@ -294,9 +394,21 @@ def gib(value: float | None) -> str:
     return "–" if value is None else f"{value / 2**30:.2f} GiB"
 
 
+def limit_row(scenario: Scenario, record: dict[str, Any]) -> dict[str, Any]:
+    """The matmul-limit row from bench/matmul.py's record."""
+    foreign = record["foreign_cpu_s"]
+    return {"name": scenario.name, "kind": MATMUL_LIMIT, "tool": "torch.matmul", "lora": None, "note": scenario.note,
+            "command": shlex.join(["python", *scenario.argv]), "rows": record["rows"], "repeats": record["repeats"],
+            "limits_tflops": record["limits_tflops"], "timings": record["timings"],
+            "process_wall_s": record["wall_s"], "foreign_cpu_s": foreign,
+            "foreign_cpu_share": None if foreign is None else foreign / (record["wall_s"] * (os.cpu_count() or 1))}
+
+
 def markdown(result: dict[str, Any]) -> str:
     env, rows = result["environment"], result["rows"]
     device = env["cuda_device"] or f"{env['cpu']}, {env['threads']} threads"
+    kinds = [kind for kind in ("defaults", "tuned", "shipped")
+             if any(kind in row.get("baselines", {}) for row in rows if row["kind"] == "training")]
     lines = [
         f"### `{result['suite']}` suite: {env['host']}, {result['date']}",
         "",
@@ -306,17 +418,32 @@ def markdown(result: dict[str, Any]) -> str:
         f"(tokens/s timed after step 1). Load average {result['load_before'][0]:.2f} before, "
         f"{result['load_after'][0]:.2f} after; {result['wall_s'] / 60:.1f} min in all.",
         "",
-        "| row | tool | LoRA | tokens/s | vs peer | time to first step | peak memory | MFU | tokens/step "
-        "| other load | note |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| row | tool | LoRA | seq | processes | tokens/s | " + "".join(f"vs {kind} | " for kind in kinds)
+        + "time to first step | peak memory | model TFLOP/s | MFU | tokens/step | other load | note |",
+        "|---|---|---|---:|---:|---:|" + "---:|" * len(kinds) + "---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
-        ratio = f"{row['ratio_vs_peer']:.2f}×" if row.get("ratio_vs_peer") else "–"
-        mfu = f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "–"
+        if row["kind"] == MATMUL_LIMIT:
+            limits = row["limits_tflops"]
+            text = ", ".join(f"{dtype} {limits[dtype]['frozen']:.3f} frozen / {limits[dtype]['full']:.3f} full"
+                             for dtype in ("bfloat16", "float32") if dtype in limits)
+            lines.append(f"| {row['name']} | `{row['tool']}` | – | – | 1 | – | " + "– | " * len(kinds) + f"– | – | {text} | 100% | "
+                         f"{row['rows']:,} | {share(row['foreign_cpu_share'])} | {row['note']} |")
+            continue
+        ratios = row.get("ratios") or {}
+        vs = "".join(f"{ratios[kind]:.2f}× | " if ratios.get(kind) else "– | " for kind in kinds)
+        if row["mfu"] is not None:
+            mfu = f"{100 * row['mfu']:.1f}%"
+        elif row.get("cpu_mfu") is not None:
+            mfu = f"{100 * row['cpu_mfu']:.1f}% of limit"
+        else:
+            mfu = "–"
         memory = gib(row["peak_memory_bytes"]) + (" RSS" if row["peak_memory_kind"] == "rss" else " CUDA")
-        lines.append(f"| {row['name']} | `{row['tool']}` | {'yes' if row['lora'] else 'no'} | "
-                     f"{row['tokens_per_s']:,.0f} | {ratio} | {row['time_to_first_step_s']:.1f} s | {memory} | "
-                     f"{mfu} | {row['tokens_per_step']:,.0f} | {share(row['foreign_cpu_share'])} | {row['note']} |")
+        seq = row.get("seq_length") or result["seq_length"]
+        lines.append(f"| {row['name']} | `{row['tool']}` | {'yes' if row['lora'] else 'no'} | {seq} | "
+                     f"{row['processes']} | {row['tokens_per_s']:,.0f} | {vs}"
+                     f"{row['time_to_first_step_s']:.1f} s | {memory} | {row['model_tflops_per_s']:.3f} | {mfu} | "
+                     f"{row['tokens_per_step']:,.0f} | {share(row['foreign_cpu_share'])} | {row['note']} |")
     lines += ["", *(f"- {goal}" for goal in result["goals"])]
     busy = [row["name"] for row in rows if (row["foreign_cpu_share"] or 0) > NOISY_SHARE]
     if busy:
@@ -328,32 +455,76 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def goals(suite: str, rows: dict[str, dict[str, Any]]) -> list[str]:
-    def ratio(name: str, target: float) -> str:
+    def ratio(name: str, kind: str, target: float) -> str:
         row = rows.get(name)
-        if not row or not row.get("ratio_vs_peer"):
-            return f"{name} vs peer: not measured in this run"
-        verdict = "met" if row["ratio_vs_peer"] >= target else "NOT met"
-        return f"{name}: {row['ratio_vs_peer']:.2f}× the peer's tokens/s (goal ≥ {target}×): {verdict}"
+        value = (row.get("ratios") or {}).get(kind) if row else None
+        if not value:
+            return f"{name} vs the {kind} peer: not measured in this run"
+        verdict = "met" if value >= target else "NOT met"
+        return f"{name}: {value:.2f}× the {kind} peer's tokens/s (goal ≥ {target}×): {verdict}"
 
-    def mfu(name: str, target: float) -> str:
+    def mfu(name: str, target: float, key: str = "mfu", of: str = "the device's peak") -> str:
         row = rows.get(name)
-        if not row or row["mfu"] is None:
-            return f"{name} MFU: not measured (no known peak FLOP/s for this device)"
-        verdict = "met" if row["mfu"] >= target else "NOT met"
-        return f"{name}: MFU {100 * row['mfu']:.1f}% (goal ≥ {100 * target:.0f}%): {verdict}"
+        if not row or row.get(key) is None:
+            return f"{name} MFU: not measured (no {of} in this run)"
+        verdict = "met" if row[key] >= target else "NOT met"
+        return f"{name}: {100 * row[key]:.1f}% of {of} (goal ≥ {100 * target:.0f}%): {verdict}"
 
     if suite == "cpu":
-        return [ratio("sft-lora", 1.5), ratio("sft-full", 1.5)]
+        return [ratio("sft-lora", "tuned", 2.0), mfu("sft-lora", 0.5, "cpu_mfu", "the measured matmul limit"),
+                ratio("sft-full", "tuned", 1.6), ratio("sft-lora", "defaults", 1.5), ratio("sft-full", "defaults", 1.5)]
     if suite == "ablation":
-        return [ratio("sft-lora", 1.5)]
-    if not any(row["device"].startswith("cuda") for row in rows.values()):
+        return [ratio("sft-lora", "defaults", 1.5)]
+    if suite == "scaling":
+        return []
+    if not any(row["device"].startswith("cuda") for row in rows.values() if row["kind"] == "training"):
         return ["no GPU in this run: the GPU suite ran on the CPU to exercise its code path; "
                 "its goals (MFU, ratio ≥ 1.8×, QLoRA ≤ 10 GB) apply to a GPU run only"]
-    out = [ratio("sft-full", 1.8), ratio("sft-lora", 1.8), mfu("sft-full", 0.45), mfu("sft-lora", 0.40)]
+    out = [ratio("sft-full", "defaults", 1.8), ratio("sft-lora", "defaults", 1.8), mfu("sft-full", 0.45),
+           mfu("sft-lora", 0.40)]
     if "sft-qlora" in rows:
         peak = rows["sft-qlora"]["peak_memory_bytes"]
         out.append(f"sft-qlora: peak {gib(peak)} (goal ≤ 10 GB): {'met' if peak <= 10e9 else 'NOT met'}")
     return out
+
+
+def plot_scaling(result: dict[str, Any], path: Path) -> None:
+    """tokens/s and peak memory per process against sequence length, one line per tool and process count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [row for row in result["rows"] if row["kind"] == "training"]
+    fig, (speed, memory) = plt.subplots(1, 2, figsize=(10, 4.8))
+    for tool, processes in sorted({(row["tool"], row["processes"]) for row in rows}):
+        line = sorted((row for row in rows if (row["tool"], row["processes"]) == (tool, processes)),
+                      key=lambda row: row["seq_length"])
+        label = f"{'recipe (sft)' if tool == 'sft' else 'trl sft, tuned'}, {processes} process" + \
+            ("es" if processes > 1 else "")
+        style = dict(marker="o", linestyle="-" if tool == "sft" else "--")
+        lengths = [row["seq_length"] for row in line]
+        speed.plot(lengths, [row["tokens_per_s"] for row in line], label=label, **style)
+        memory.plot(lengths, [row["peak_memory_bytes"] / 2**30 for row in line], label=label, **style)
+        busy = [row for row in line if (row.get("foreign_cpu_share") or 0) > NOISY_SHARE]
+        speed.scatter([row["seq_length"] for row in busy], [row["tokens_per_s"] for row in busy], s=160,
+                      facecolors="none", edgecolors="black", label="_busy")
+    if any((row.get("foreign_cpu_share") or 0) > NOISY_SHARE for row in rows):
+        speed.scatter([], [], s=160, facecolors="none", edgecolors="black",
+                      label=f"other load > {100 * NOISY_SHARE:.0f}% of the CPUs")
+    for axes, title in ((speed, "tokens/s (all processes)"), (memory, "peak RSS per process (GiB)")):
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(list(SCALING_LENGTHS), [str(n) for n in SCALING_LENGTHS])
+        axes.set_xlabel("sequence length (tokens)")
+        axes.set_title(title)
+        axes.set_ylim(bottom=0)
+        axes.grid(alpha=0.3)
+    fig.legend(*speed.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
+    env = result["environment"]
+    fig.suptitle(f"{result['model']}, LoRA, {env['cpu']} ({env['logical_cpus']} CPUs), {result['date']}", fontsize=9)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def slug(text: str) -> str:
@@ -396,8 +567,8 @@ def select(rows: list[Scenario], only: str | None) -> list[Scenario]:
     if unknown:
         raise SystemExit(f"error: --only: unknown row(s) {', '.join(sorted(unknown))}; "
                          f"this suite has {', '.join(row.name for row in rows)}")
-    wanted |= {row.baseline for row in rows if row.name in wanted and row.baseline}
-    return [row for row in rows if row.name in wanted]
+    wanted |= {peer for row in rows if row.name in wanted for peer in row.baselines.values()}
+    return [row for row in rows if row.name in wanted or row.name == MATMUL_LIMIT]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -432,6 +603,8 @@ def main(argv: list[str] | None = None) -> int:
         qlora_path = "<built on run>" if args.dry_run else random_model(qlora_shape)
     rows = select(plan(args.suite, workdir, data_dir, model_path, seq_length, steps, cuda, qlora_path, qlora_shape),
                   args.only)
+    if not cuda and args.suite in ("cpu", "ablation"):
+        rows.insert(0, limit_scenario(model_path, int(recipe_defaults()["batch_size"]) * seq_length))
     if args.dry_run:
         for row in rows:
             print(f"{row.name}: {' '.join(f'{k}={v}' for k, v in row.env.items())} "
@@ -443,13 +616,18 @@ def main(argv: list[str] | None = None) -> int:
     started, load_before = time.monotonic(), os.getloadavg()
     try:
         done: dict[str, dict[str, Any]] = {}
-        for scenario in rows:
-            probe = run_scenario(scenario, workdir, threads, args.timeout)
-            done[scenario.name] = summarize(scenario, probe, peak)
+        for scenario in rows:  # the matmul limit, where there is one, comes first
+            record = run_scenario(scenario, workdir, threads, args.timeout)
+            if scenario.name == MATMUL_LIMIT:
+                done[scenario.name] = limit_row(scenario, record)
+                print(f"[bench] {scenario.name}: {done[scenario.name]['limits_tflops']} TFLOP/s", flush=True)
+                continue
+            done[scenario.name] = summarize(scenario, record, peak, done.get(MATMUL_LIMIT))
             print(f"[bench] {scenario.name}: {done[scenario.name]['tokens_per_s']:,.0f} tokens/s", flush=True)
         for row in done.values():
-            base = done.get(row["baseline"]) if row["baseline"] else None
-            row["ratio_vs_peer"] = row["tokens_per_s"] / base["tokens_per_s"] if base else None
+            if row["kind"] == "training":
+                row["ratios"] = {kind: row["tokens_per_s"] / done[peer]["tokens_per_s"]
+                                 for kind, peer in row["baselines"].items() if peer in done}
     finally:
         if args.keep:
             print(f"[bench] work dir kept: {workdir}")
@@ -471,6 +649,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     table = markdown(result)
     (args.out / f"{stem}.md").write_text(table)
+    if args.suite == "scaling":
+        plot_scaling(result, args.out / f"{stem}.png")
     print(table)
     print(f"[bench] wrote {args.out / stem}.json and .md")
     return 0

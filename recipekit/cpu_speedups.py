@@ -8,8 +8,9 @@ transformers, TRL or torch it leans on, so an upgrade that moves that API fails 
 - ``trained_positions``: within it, the LM head only at positions whose next token is trained on
   (``fixed_cross_entropy``, ``logits_to_keep`` given as indices).
 - ``document_attention`` (``DocumentAttention``): causal SDPA per packed document instead of one
-  row-long SDPA under a block-diagonal mask (``AttentionInterface``, ``sdpa_attention_forward``,
-  ``repeat_kv``, the attention kwargs carrying ``position_ids``).
+  row-long SDPA under a block-diagonal mask, on rows of ``DOCUMENT_ATTENTION_MIN_ROW`` tokens or more
+  (``AttentionInterface``, ``sdpa_attention_forward``, ``repeat_kv``, the attention kwargs carrying
+  ``position_ids``).
 - ``frozen_prefix`` (``FrozenPrefixCache``): the frozen layers below the adapters computed once per
   document (``Tensor._version``, the decoder's forward kwargs, decoder layers returning a tensor).
 - ``plain_lm_head``: dpo's ``fused_lm_head=True`` calls answered from the model's own logits of the
@@ -91,18 +92,27 @@ def document_bounds(positions) -> list[int]:
     return [0, *restarts.tolist(), positions.numel()]
 
 
+# Rows shorter than this (in tokens, the whole padding-free row of a micro-batch) keep the stock SDPA under the
+# block mask: there one call per document and layer costs more than the masked-out blocks it saves
+# (docs/benchmarks.md, `python -m bench.attention`).
+DOCUMENT_ATTENTION_MIN_ROW = 1024
+
+
 class DocumentAttention:
     """SDPA that attends within each packed document instead of masking one long row.
 
     A padding-free batch is one row of several documents whose position_ids restart at 0; plain
     SDPA then runs over the whole row with a block-diagonal mask, so its cost grows with the
     square of the row length. This runs causal SDPA once per document instead: the same result
-    (the mask allows exactly these blocks), at the cost of the documents' squared lengths. Anything
-    else (GPU, generation with a cache, padded batches, tracing) goes to the stock SDPA function.
+    (the mask allows exactly these blocks), at the cost of the documents' squared lengths, on rows
+    of ``min_row_length`` tokens or more (default ``DOCUMENT_ATTENTION_MIN_ROW``, read at each
+    call). Shorter rows and anything else (GPU, generation with a cache, padded batches, tracing)
+    go to the stock SDPA function.
     """
 
-    def __init__(self, fallback):
+    def __init__(self, fallback, min_row_length: int | None = None):
         self.fallback = fallback
+        self.min_row_length = min_row_length
         self._last: tuple[Any, Any, Any] | None = None  # (position_ids, mask, bounds) of the current forward
 
     def bounds(self, position_ids, mask) -> list[int] | None:
@@ -128,8 +138,10 @@ class DocumentAttention:
         from transformers.integrations.sdpa_attention import repeat_kv
 
         position_ids = kwargs.get("position_ids")
+        min_row = DOCUMENT_ATTENTION_MIN_ROW if self.min_row_length is None else self.min_row_length
         usable = (enabled("document_attention", query.device) and position_ids is not None and query.shape[0] == 1
                   and position_ids.shape[0] == 1 and query.shape[2] == key.shape[2] == position_ids.shape[-1]
+                  and query.shape[2] >= min_row
                   and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
         bounds = self.bounds(position_ids, attention_mask) if usable else None
         if bounds is None:

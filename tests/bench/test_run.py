@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import flops, run
+from recipekit import cpu_speedups
 
 SHAPE = dict(params_total=1000, params_trainable=1000, params_embedding=300, params_tied_lm_head=300,
              num_layers=2, num_heads=4, head_dim=8)
@@ -25,37 +26,97 @@ def overrides(argv: list[str]) -> dict[str, str]:
     return dict(item.removeprefix("--set=").split("=", 1) for item in argv if item.startswith("--set="))
 
 
-def test_cpu_plan_gives_both_sides_the_same_model_data_length_steps_and_lora(tmp_path):
+def test_cpu_plan_gives_every_side_the_same_model_data_length_steps_and_lora(tmp_path):
     rows = run.plan("cpu", tmp_path, tmp_path / "hotel", "/models/smol", 256, 30, cuda=False)
-    assert [r.name for r in rows] == ["trl-sft-lora", "sft-lora", "trl-sft-full", "sft-full"]
-    peer, ours = rows[:2]
-    assert (peer.tool, ours.tool, ours.baseline) == ("trl sft", "sft", peer.name)
+    assert [r.name for r in rows] == ["trl-sft-lora", "trl-sft-lora-tuned", "sft-lora",
+                                      "trl-sft-full", "trl-sft-full-tuned", "sft-full"]
+    peer, tuned, ours = rows[:3]
+    assert (peer.tool, tuned.tool, ours.tool) == ("trl sft", "trl sft", "sft")
+    assert ours.baselines == {"defaults": peer.name, "tuned": tuned.name}
     shipped = run.recipe_defaults()
     ours_set = {**shipped, **overrides(ours.argv)}
     assert ours.argv[:3] == ["-m", "bench.ours", str(run.SFT / "train.py")]
-    assert option(peer.argv, "--model_name_or_path") == ours_set["model_name"] == "/models/smol"
-    assert option(peer.argv, "--dataset_name") == ours_set["dataset_name"] == str(tmp_path / "hotel")
-    assert option(peer.argv, "--max_length") == ours_set["seq_length"] == "256"
-    assert option(peer.argv, "--max_steps") == ours_set["max_steps"] == "30"
-    assert "--use_peft" in peer.argv and ours_set["use_peft"] == "true" and ours_set["peft_top_layers"] == "null"
-    for peer_flag, key in (("--lora_r", "peft_lora_r"), ("--lora_alpha", "peft_lora_alpha"),
-                           ("--lora_dropout", "peft_lora_dropout"), ("--lora_target_modules", "peft_target_modules")):
-        assert option(peer.argv, peer_flag) == str(ours_set[key])
-    # Everything else on the peer is TRL's default (--use_cpu only because TRL's bf16 default needs it on a CPU).
-    assert set(a for a in peer.argv if a.startswith("--")) == {
-        "--model_name_or_path", "--dataset_name", "--output_dir", "--max_length", "--max_steps", "--use_cpu",
-        "--use_peft", "--lora_r", "--lora_alpha", "--lora_dropout", "--lora_target_modules"}
+    for side in (peer, tuned):
+        assert option(side.argv, "--model_name_or_path") == ours_set["model_name"] == "/models/smol"
+        assert option(side.argv, "--dataset_name") == ours_set["dataset_name"] == str(tmp_path / "hotel")
+        assert option(side.argv, "--max_length") == ours_set["seq_length"] == "256"
+        assert option(side.argv, "--max_steps") == ours_set["max_steps"] == "30"
+        assert "--use_peft" in side.argv and ours_set["use_peft"] == "true" and ours_set["peft_top_layers"] == "null"
+        for peer_flag, key in (("--lora_r", "peft_lora_r"), ("--lora_alpha", "peft_lora_alpha"),
+                               ("--lora_dropout", "peft_lora_dropout"),
+                               ("--lora_target_modules", "peft_target_modules")):
+            assert option(side.argv, peer_flag) == str(ours_set[key])
+    # Everything else on the defaults peer is TRL's default (--use_cpu only because TRL's bf16 default needs it).
+    shared = {"--model_name_or_path", "--dataset_name", "--output_dir", "--max_length", "--max_steps", "--use_cpu",
+              "--use_peft", "--lora_r", "--lora_alpha", "--lora_dropout", "--lora_target_modules"}
+    assert set(a for a in peer.argv if a.startswith("--")) == shared
+    # The tuned peer: packed padding-free batches of the recipe's size, no checkpointing, bf16; nothing else.
+    tuning = {"--packing": "true", "--padding_free": "true", "--gradient_checkpointing": "false", "--bf16": "true",
+              "--per_device_train_batch_size": str(shipped["batch_size"])}
+    assert set(a for a in tuned.argv if a.startswith("--")) == shared | set(tuning)
+    assert all(option(tuned.argv, flag) == value for flag, value in tuning.items())
+    assert (shipped["packing"], shipped["gradient_checkpointing"], shipped["bf16"]) == (True, False, True)
 
-    peer_full, ours_full = rows[2:]
-    assert "--use_peft" not in peer_full.argv and overrides(ours_full.argv)["use_peft"] == "false"
-    assert ours_full.baseline == peer_full.name and option(peer_full.argv, "--max_steps") == "30"
+    peer_full, tuned_full, ours_full = rows[3:]
+    assert "--use_peft" not in peer_full.argv + tuned_full.argv and overrides(ours_full.argv)["use_peft"] == "false"
+    assert ours_full.baselines == {"defaults": peer_full.name, "tuned": tuned_full.name}
+    assert option(tuned_full.argv, "--max_steps") == "30"
 
 
-def test_only_keeps_the_peer_of_a_kept_row(tmp_path):
+def test_tuned_peer_flags_are_ones_trls_parser_reads_with_the_meaning_given():
+    from trl.scripts import sft
+
+    rows = run.plan("cpu", Path("/w"), Path("/d"), "/m", 256, 30, cuda=False)
+    tuned = rows[1]
+    _, training, _, _ = sft.make_parser().parse_args_and_config(tuned.argv[2:])[:4]
+    assert training.packing and training.padding_free and not training.gradient_checkpointing and training.bf16
+    assert training.per_device_train_batch_size == run.recipe_defaults()["batch_size"]
+    _, training, _, _ = sft.make_parser().parse_args_and_config(rows[0].argv[2:])[:4]
+    assert not training.packing and not training.padding_free and training.gradient_checkpointing
+    assert training.per_device_train_batch_size == 8
+
+
+def test_scaling_plan_runs_the_tuned_peer_and_the_recipe_at_each_length_on_one_and_two_processes(tmp_path):
+    rows = run.plan("scaling", tmp_path, tmp_path / "hotel", "/m", 256, 4, cuda=False)
+    assert len(rows) == 2 * len(run.SCALING_LENGTHS) * len(run.SCALING_PROCESSES) == 16
+    seen = set()
+    for peer, ours in zip(rows[::2], rows[1::2]):
+        assert ours.baselines == {"tuned": peer.name} and peer.tool == "trl sft" and ours.tool == "sft"
+        assert peer.seq_length == ours.seq_length and peer.processes == ours.processes
+        assert option(peer.argv, "--max_length") == overrides(ours.argv)["seq_length"] == str(ours.seq_length)
+        assert option(peer.argv, "--per_device_train_batch_size") == overrides(ours.argv)["batch_size"] == "1"
+        for row in (peer, ours):
+            if row.processes == 1:
+                assert row.argv[:2] == ["-m", "bench.peer" if row is peer else "bench.ours"]
+            else:
+                assert row.argv[:4] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        seen.add((ours.seq_length, ours.processes))
+    assert seen == {(n, p) for n in (256, 512, 1024, 2048) for p in (1, 2)}
+
+
+def test_ablation_keeps_one_row_per_cpu_path_of_sft_training_each_switching_that_path_off(tmp_path):
+    from bench import ours
+
+    rows = {r.name: r for r in run.plan("ablation", tmp_path, tmp_path, "/m", 256, 20, cuda=False)}
+    switched = {ours.ABLATIONS[name]: row for row in rows.values() for name in row.env}
+    assert set(switched) == {"plain_loss", "trained_positions", "document_attention", "frozen_prefix"}
+    assert all(len(row.env) == 1 and row.baselines.get("shipped") in rows for row in switched.values())
+    # Each pair differs only in the switch, and per-document attention's pair runs rows long enough for it.
+    for path, row in switched.items():
+        shipped = rows[row.baselines["shipped"]]
+        assert overrides(row.argv) == overrides(shipped.argv) | {"output_dir": overrides(row.argv)["output_dir"]}
+    long = overrides(switched["document_attention"].argv)
+    assert int(long["seq_length"]) * run.recipe_defaults()["batch_size"] >= cpu_speedups.DOCUMENT_ATTENTION_MIN_ROW
+    assert overrides(switched["frozen_prefix"].argv)["num_train_epochs"] == "2"
+
+
+def test_only_keeps_the_peers_of_a_kept_row_and_the_matmul_limit(tmp_path):
     rows = run.plan("gpu", tmp_path, tmp_path, "m", 2048, 5, cuda=True)
-    assert [r.name for r in run.select(rows, "sft-lora")] == ["trl-sft-lora", "sft-lora"]
+    assert [r.name for r in run.select(rows, "sft-lora")] == ["trl-sft-lora", "trl-sft-lora-tuned", "sft-lora"]
     with pytest.raises(SystemExit, match="unknown row"):
         run.select(rows, "sft-lorra")
+    limit = run.limit_scenario("/m", 512)
+    assert [r.name for r in run.select([limit, *rows], "sft-full")][0] == run.MATMUL_LIMIT
 
 
 def test_batch_tokens_counts_padded_and_packed_batches():
@@ -85,6 +146,91 @@ def test_flops_follow_the_stated_conventions():
     assert flops.peak_tflops("NVIDIA H100 80GB HBM3") == 989.4 and flops.peak_tflops("NVIDIA H100 PCIe") == 756.0
 
 
+def test_merge_ranks_sums_tokens_per_step_and_keeps_the_largest_process(tmp_path, monkeypatch):
+    from bench.probe import Probe
+
+    out = tmp_path / "row.probe.json"
+    monkeypatch.setenv(run.OUT_ENV, str(out))
+    monkeypatch.setenv("RANK", "1")
+    assert Probe().out_path == tmp_path / "row.probe.rank1.json"
+    monkeypatch.setenv("RANK", "0")
+    assert Probe().out_path == out
+    for path in (out, tmp_path / "row.probe.rank1.json", tmp_path / "row.probe.rank10.json", tmp_path / "other.json"):
+        path.write_text("{}")
+    assert run.rank_outputs(out) == [out, tmp_path / "row.probe.rank1.json", tmp_path / "row.probe.rank10.json"]
+
+    def record(tokens, rss, loss=1):
+        return {"steps": [{"at": 1.0 + i, "tokens": t, "doc_len_sq": 2 * t, "loss_tokens": loss}
+                          for i, t in enumerate(tokens)], "peak_rss_bytes": rss}
+
+    merged = run.merge_ranks([record([10, 20], 5), record([11, 22], 7, loss=None)])
+    assert [s["tokens"] for s in merged["steps"]] == [21, 42] and [s["at"] for s in merged["steps"]] == [1.0, 2.0]
+    assert [s["doc_len_sq"] for s in merged["steps"]] == [42, 84] and merged["steps"][0]["loss_tokens"] is None
+    assert (merged["peak_rss_bytes"], merged["peak_rss_sum_bytes"], merged["processes"]) == (7, 12, 2)
+    single = run.merge_ranks([record([10, 20], 5)])
+    assert (single["steps"][1]["tokens"], single["processes"], single["peak_rss_sum_bytes"]) == (20, 1, 5)
+
+
+def probe_record(tokens_per_step, seconds_per_step, bf16=True, lora=True):
+    steps = [{"at": 100.0 + i * seconds_per_step, "tokens": (i + 1) * tokens_per_step,
+              "doc_len_sq": (i + 1) * tokens_per_step * 64, "loss_tokens": None} for i in range(3)]
+    return {"steps": steps, "launched_at": 90.0, "device": "cpu", "settings": {"bf16": bf16}, "model": {**SHAPE, "params_trainable": 100},
+            "peak_rss_bytes": 2**30, "peak_rss_sum_bytes": 2**30, "processes": 1, "wall_s": 20.0, "cpu_s": 40.0,
+            "foreign_cpu_s": 1.0, "torch_threads": 2, "cuda_max_allocated_bytes": None}
+
+
+def test_cpu_rows_get_their_mfu_against_the_matmul_limit_of_their_precision_and_weights():
+    limit = {"limits_tflops": {"bfloat16": {"frozen": 2e-6, "full": 1e-6}, "float32": {"frozen": 5e-7, "full": 4e-7}}}
+    scenario = run.Scenario("sft-lora", "sft", True, ["-m", "bench.ours"], {"tuned": "p"})
+    row = run.summarize(scenario, probe_record(100, 2.0), None, limit)
+    assert row["matmul_limit_tflops"] == 2e-6 and row["mfu"] is None
+    assert row["cpu_mfu"] == pytest.approx(row["model_tflops_per_s"] / 2e-6)
+    fp32_full = run.summarize(run.Scenario("x", "sft", False, []), probe_record(100, 2.0, bf16=False), None, limit)
+    assert fp32_full["matmul_limit_tflops"] == 4e-7
+    assert run.summarize(scenario, probe_record(100, 2.0), None, None)["cpu_mfu"] is None
+
+
+def test_cpu_goals_and_table_compare_the_recipe_with_both_peers_and_the_limit():
+    limit = {"name": run.MATMUL_LIMIT, "kind": run.MATMUL_LIMIT, "tool": "torch.matmul", "rows": 512, "note": "",
+             "limits_tflops": {"bfloat16": {"frozen": 1e-6, "full": 1e-6}, "float32": {"frozen": 5e-7, "full": 5e-7}},
+             "foreign_cpu_share": 0.01}
+    rows = {run.MATMUL_LIMIT: limit}
+    for name, tool, tokens, lora in (("trl-sft-lora", "trl sft", 50, True), ("trl-sft-lora-tuned", "trl sft", 100, True),
+                                     ("sft-lora", "sft", 250, True), ("trl-sft-full-tuned", "trl sft", 100, False),
+                                     ("sft-full", "sft", 150, False)):
+        baselines = {"defaults": "trl-sft-lora", "tuned": "trl-sft-lora-tuned"} if name == "sft-lora" else \
+            {"tuned": "trl-sft-full-tuned"} if name == "sft-full" else {}
+        row = run.summarize(run.Scenario(name, tool, lora, [], baselines), probe_record(tokens, 1.0, lora=lora),
+                            None, limit)
+        row["ratios"] = {kind: tokens / rows[peer]["tokens_per_s"] for kind, peer in baselines.items()}
+        rows[name] = row
+    rows["sft-lora"]["cpu_mfu"] = 0.55
+    goals = run.goals("cpu", rows)
+    assert goals[0] == "sft-lora: 2.50× the tuned peer's tokens/s (goal ≥ 2.0×): met"
+    assert goals[1] == "sft-lora: 55.0% of the measured matmul limit (goal ≥ 50%): met"
+    assert goals[2] == "sft-full: 1.50× the tuned peer's tokens/s (goal ≥ 1.6×): NOT met"
+    assert goals[4] == "sft-full vs the defaults peer: not measured in this run"
+    result = {"suite": "cpu", "date": "d", "model": "m", "seq_length": 256, "steps": 3, "load_before": [1, 1, 1],
+              "load_after": [1, 1, 1], "wall_s": 60, "command": "python -m bench.run", "goals": goals,
+              "rows": list(rows.values()),
+              "environment": {"host": "h", "cpu": "c", "threads": 2, "cuda_device": None,
+                              "versions": {"torch": "t", "transformers": "x", "trl": "y", "peft": "z"}}}
+    table = run.markdown(result)
+    assert "| tokens/s | vs defaults | vs tuned | time to first step |" in table
+    assert "| sft-lora | `sft` | yes | 256 | 1 | 250 | 5.00× | 2.50× |" in table
+    assert "| 55.0% of limit |" in table
+    assert "| matmul-limit | `torch.matmul` |" in table and "bfloat16 0.000 frozen" in table
+
+
+def test_the_scaling_plot_draws_one_line_per_tool_and_process_count(tmp_path):
+    rows = [{"kind": "training", "tool": tool, "processes": processes, "seq_length": length,
+             "tokens_per_s": 100.0 * processes, "peak_memory_bytes": 2**30 * length / 256}
+            for tool in ("sft", "trl sft") for processes in (1, 2) for length in run.SCALING_LENGTHS]
+    result = {"rows": rows, "model": "m", "date": "d", "environment": {"cpu": "c", "logical_cpus": 2}}
+    run.plot_scaling(result, tmp_path / "scaling.png")
+    assert (tmp_path / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.mark.slow
 def test_gpu_path_runs_on_cpu_with_a_tiny_model_and_writes_real_numbers(tmp_path):
     """The GPU suite's path end to end (random model from a config, peer + recipe, MFU), on a CPU."""
@@ -100,9 +246,9 @@ def test_gpu_path_runs_on_cpu_with_a_tiny_model_and_writes_real_numbers(tmp_path
     assert result["suite"] == "gpu" and result["seq_length"] == 256 and result["steps"] == 2
     assert len(result["load_before"]) == 3 and result["environment"]["versions"]["trl"]
     assert "no GPU in this run" in result["goals"][0]
-    peer, ours = result["rows"]
-    assert (peer["name"], ours["name"]) == ("trl-sft-lora", "sft-lora")
-    for row in (peer, ours):
+    peer, tuned, ours = result["rows"]
+    assert (peer["name"], tuned["name"], ours["name"]) == ("trl-sft-lora", "trl-sft-lora-tuned", "sft-lora")
+    for row in (peer, tuned, ours):
         assert row["steps"] == 2 and row["device"] == "cpu" and row["model"]["head_dim"] == 16
         assert row["tokens_timed"] > 0 and math.isclose(row["tokens_per_s"] * row["timed_s"], row["tokens_timed"])
         assert 0 < row["time_to_first_step_s"] < row["process_wall_s"]
@@ -111,9 +257,13 @@ def test_gpu_path_runs_on_cpu_with_a_tiny_model_and_writes_real_numbers(tmp_path
         assert row["foreign_cpu_share"] is not None
     # Each side really ran with its own settings: TRL defaults vs the recipe's packed batches.
     assert peer["settings"]["gradient_checkpointing"] is True and peer["settings"]["packing"] is False
+    assert tuned["settings"]["gradient_checkpointing"] is False and tuned["settings"]["packing"] is True
+    assert tuned["settings"]["padding_free"] is True and tuned["settings"]["per_device_train_batch_size"] == 4
     assert ours["settings"]["packing"] is True and ours["settings"]["per_device_train_batch_size"] == 4
     assert peer["tokens_per_step"] <= 8 * 256 and ours["tokens_per_step"] <= 4 * 256
+    assert tuned["tokens_per_step"] <= 4 * 256
     assert 0 < peer["loss_tokens_per_s"] <= peer["tokens_per_s"]
-    assert ours["ratio_vs_peer"] == pytest.approx(ours["tokens_per_s"] / peer["tokens_per_s"])
+    assert ours["ratios"] == {"defaults": pytest.approx(ours["tokens_per_s"] / peer["tokens_per_s"]),
+                              "tuned": pytest.approx(ours["tokens_per_s"] / tuned["tokens_per_s"])}
     table = Path(result_file.with_suffix(".md")).read_text()
-    assert "| sft-lora | `sft` | yes |" in table and "Command: `python -m bench.run --suite gpu" in table
+    assert "| sft-lora | `sft` | yes | 256 | 1 |" in table and "Command: `python -m bench.run --suite gpu" in table

@@ -53,7 +53,13 @@ def forward_and_grads(model, inputs):
     return logits.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
 
-def test_document_attention_matches_the_packed_mask(tiny, stock_sdpa):
+@pytest.fixture
+def any_row_length(monkeypatch):
+    """Per-document attention on rows of any length, so that the tiny batches here take it."""
+    monkeypatch.setattr(cpu_speedups, "DOCUMENT_ATTENTION_MIN_ROW", 0)
+
+
+def test_document_attention_matches_the_packed_mask(tiny, stock_sdpa, any_row_length):
     import torch
 
     inputs, _ = packed_batch()
@@ -71,6 +77,35 @@ def test_document_attention_matches_the_packed_mask(tiny, stock_sdpa):
     changed["input_ids"][0, :7] = 3
     assert torch.allclose(tiny(**changed).logits[0, 7:], logits[0, 7:], atol=1e-5)
     assert not torch.allclose(tiny(**changed).logits[0, :7], logits[0, :7], atol=1e-3)
+
+
+def test_document_attention_leaves_rows_shorter_than_its_threshold_to_the_stock_sdpa(monkeypatch):
+    import torch
+
+    calls = []
+
+    def stock(module, query, key, value, attention_mask, **kwargs):
+        calls.append(query.shape[2])
+        return query.transpose(1, 2), None
+
+    def one_layer(attention, lengths):
+        positions = torch.cat([torch.arange(n) for n in lengths])[None]
+        document = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+        mask = (document[:, None] == document[None, :]).tril()[None, None]
+        q = torch.randn(1, 2, positions.shape[1], 4)
+        return attention(SimpleNamespace(num_key_value_groups=1), q, q, q, mask, position_ids=positions)
+
+    monkeypatch.setattr(cpu_speedups, "DOCUMENT_ATTENTION_MIN_ROW", 20)
+    attention = cpu_speedups.DocumentAttention(stock)
+    one_layer(attention, [6, 7, 6])  # 19 tokens: below the threshold, the stock function answers
+    assert calls == [19]
+    one_layer(attention, [6, 7, 7])  # 20 tokens: per document, the stock function is not called
+    assert calls == [19] and attention._last[2] == [0, 6, 13, 20]
+    monkeypatch.setattr(cpu_speedups, "DOCUMENT_ATTENTION_MIN_ROW", 21)  # read at every call
+    one_layer(attention, [6, 7, 7])
+    assert calls == [19, 20]
+    one_layer(cpu_speedups.DocumentAttention(stock, min_row_length=0), [2, 1])
+    assert calls == [19, 20]  # its own threshold (0) overrides the module's
 
 
 def test_document_attention_leaves_padded_batches_and_generation_alone(tiny, stock_sdpa):

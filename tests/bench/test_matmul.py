@@ -1,0 +1,55 @@
+"""bench/matmul.py: the shapes are the model's, the limit is the step's FLOPs over the measured times."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from bench import matmul
+
+SMOL = SimpleNamespace(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                       num_key_value_heads=3, head_dim=64, vocab_size=49152)
+
+
+def test_weight_shapes_cover_every_linear_weight_of_the_decoder_once():
+    shapes = matmul.weight_shapes(SMOL)
+    assert shapes["hidden x intermediate"] == (576, 1536, 60) and shapes["intermediate x hidden"] == (1536, 576, 30)
+    assert shapes["hidden x vocabulary"] == (576, 49152, 1) and shapes["hidden x kv"] == (576, 192, 60)
+    assert shapes["hidden x q"] == (576, 576, 60) and "q x hidden" not in shapes  # q and o are both 576 x 576
+    per_layer = 576 * 576 * 2 + 576 * 192 * 2 + 576 * 1536 * 3
+    assert sum(i * o * n for i, o, n in shapes.values()) == 30 * per_layer + 576 * 49152
+
+
+def test_operands_have_the_shapes_autograd_multiplies():
+    import torch
+
+    for orientation, expected in (("forward", (5, 3)), ("grad_input", (5, 2)), ("grad_weight", (3, 2))):
+        a, b = matmul.operands(5, 2, 3, orientation, torch.float32)
+        assert torch.matmul(a, b).shape == expected  # (rows, out), (rows, in), (out, in)
+
+
+def test_limits_are_the_flops_over_the_summed_times_and_frozen_leaves_out_weight_gradients():
+    def timing(orientation, seconds, count=1, dtype="bfloat16"):
+        return dict(dtype=dtype, orientation=orientation, seconds=seconds, count=count, tflops=4.0 / seconds)
+
+    timings = [timing("forward", 1.0, count=2), timing("grad_input", 1.0, count=2), timing("grad_weight", 2.0, count=2),
+               timing("forward", 2.0, dtype="float32"), timing("grad_input", 2.0, dtype="float32"),
+               timing("grad_weight", 2.0, dtype="float32")]
+    limits = matmul.limits(timings)
+    assert limits["bfloat16"]["full"] == pytest.approx(3 * 2 * 4.0 / (2 * 4.0))
+    assert limits["bfloat16"]["frozen"] == pytest.approx(2 * 2 * 4.0 / (2 * 2.0))
+    assert limits["float32"] == {"full": pytest.approx(2.0), "frozen": pytest.approx(2.0)}
+    row = {"limits_tflops": limits}
+    assert matmul.limit_for(row, bf16=True, lora=True) == limits["bfloat16"]["frozen"]
+    assert matmul.limit_for(row, bf16=False, lora=False) == limits["float32"]["full"]
+    assert matmul.limit_for(None, bf16=True, lora=True) is None
+
+
+def test_measure_times_every_shape_orientation_and_dtype_for_real():
+    tiny = SimpleNamespace(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, head_dim=8, vocab_size=100)
+    record = matmul.measure(tiny, rows=16, repeats=1)
+    assert len(record["timings"]) == len(matmul.weight_shapes(tiny)) * 3 * 2
+    assert all(t["seconds"] > 0 and t["tflops"] > 0 for t in record["timings"])
+    assert set(record["limits_tflops"]) == {"bfloat16", "float32"} and record["rows"] == 16
