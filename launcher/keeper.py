@@ -113,14 +113,13 @@ def ignore_quiet_signals() -> None:
 def keeper(argv: list[str]) -> int:
     """Check the retry budget, run the agent with stop signals going to its workers, record and exit."""
     record = attempts.from_env()
+    recording = record is not None and record.records and node_rank() == 0
     if record is not None:
         if (unwritable := outputs_unwritable(record.job_dir)):
-            print(f"keeper: {unwritable}; exiting with {EXIT_USAGE}, which is not retried", file=sys.stderr)
-            return EXIT_USAGE
+            return refuse(unwritable, EXIT_USAGE)
         if (spent := record.budget_spent()):
-            print(f"keeper: {spent}; exiting with {EXIT_RETRIES_USED}, which is not retried", file=sys.stderr)
-            return EXIT_RETRIES_USED
-        if record.records and node_rank() == 0:
+            return refuse(spent, EXIT_RETRIES_USED)
+        if recording:
             record.start()
     proc = subprocess.Popen([sys.executable, "-m", "launcher.keeper", AGENT, *argv], preexec_fn=ignore_quiet_signals)
     # Before its workers start, the agent (deaf to SIGTERM/SIGUSR1) is stopped with SIGINT: nothing to checkpoint.
@@ -129,11 +128,16 @@ def keeper(argv: list[str]) -> int:
     reap_orphans()
     if received and code == 128 + signal.SIGINT:
         code = EXIT_PREEMPTED  # stopped before training: rerun it
-    if record is not None and record.records and node_rank() == 0:
+    if recording:
         record.add(code, describe(code))
         if (spent := record.budget_spent()) and attempts.kind(code) == "failure":
-            print(f"keeper: {spent}; exiting with {EXIT_RETRIES_USED}, which is not retried", file=sys.stderr)
-            return EXIT_RETRIES_USED
+            return refuse(spent, EXIT_RETRIES_USED)
+    return code
+
+
+def refuse(why: str, code: int) -> int:
+    """Say in one line why the node ends with the permanent ``code``, and return it."""
+    print(f"keeper: {why}; exiting with {code}, which is not retried", file=sys.stderr)
     return code
 
 

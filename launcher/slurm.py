@@ -149,9 +149,6 @@ class SlurmRequest:
 
 
 JOB_ID_FILE = "slurm-job-id"  # in the job's output dir: the job that owns it (submit refuses a second)
-# Job states after which a job never runs again (a requeued job passes through PENDING, not these).
-FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
-                "PREEMPTED")
 
 
 def quote(value) -> str:
@@ -229,7 +226,7 @@ class SlurmBackend:
         app = request.app
         owner = Path(app.output_dir) / JOB_ID_FILE
         live = [job for job in (slurm_client.show(owner.read_text().strip()) if owner.is_file() else [])
-                if job["JobState"] not in FINAL_STATES]
+                if not job.ended]
         if live:
             raise FieldError("job_name", f"{app.output_dir} belongs to job {live[0]['JobId']}, which is "
                                          f"{live[0]['JobState']}: two jobs in one directory would resume from each "

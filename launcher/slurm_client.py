@@ -79,6 +79,10 @@ def recorded(job_id: str) -> dict[str, str] | None:
     return found
 
 
+FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
+                "PREEMPTED")
+
+
 @dataclass
 class JobState:
     """One job (or array task) as ``scontrol show job`` reports it."""
@@ -87,6 +91,11 @@ class JobState:
 
     def __getitem__(self, key: str) -> str:
         return self.fields.get(key, "")
+
+    @property
+    def ended(self) -> bool:
+        """Whether the job will never run again (a requeued job passes through PENDING, not these states)."""
+        return self["JobState"] in FINAL_STATES
 
     def summary(self) -> str:
         text = f"job {self['JobId']}"

@@ -101,6 +101,18 @@ def test_failures_are_recorded_and_a_spent_budget_stops_the_job(tmp_path):
     assert kinds(job_dir) == [["started", "-"], ["failure", "137"]] * 2
 
 
+def test_continuations_have_their_own_cap_and_leave_the_failure_budget_alone(tmp_path):
+    job_dir = tmp_path / "job"
+    budget = {"FT_JOB_DIR": str(job_dir), "FT_MAX_RETRIES": "0", "FT_MAX_CONTINUATIONS": "1",
+              "FT_RECORD_ATTEMPTS": "1"}
+    for _ in range(2):  # stopped after a checkpoint, twice: neither is a failure, though max_retries is 0
+        code, out = finish(keeper(tmp_path, "143,143", **budget))
+        assert code == 143, out[-3000:]
+    code, out = finish(keeper(tmp_path, "0,0", **budget))  # the second continuation went past the cap
+    assert code == 3 and "the job was continued 2 times and max_continuations is 1" in out, out[-3000:]
+    assert kinds(job_dir) == [["started", "-"], ["continuation", "143"]] * 2
+
+
 def kinds(job_dir) -> list[list[str]]:
     return [line.split()[:2] for line in (job_dir / FILE).read_text().splitlines()]
 

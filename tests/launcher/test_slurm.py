@@ -205,9 +205,11 @@ def test_containers_mount_the_job_dir_unless_a_mount_covers_it(tmp_path):
 
 def test_a_job_without_a_container_runs_in_the_workdir_with_its_venv_and_modules(tmp_path):
     text = script({"workdir": "/shared/src", "venv": "/shared/venv", "modules": ("cuda/12",),
-                   "output_root": str(tmp_path), "max_retries": 7, "signal_lead": 90, "qos": "high"})
-    for line in ["cd /shared/src || exit 2  # the checkout holding recipes/, on the nodes", "module load cuda/12", "source /shared/venv/bin/activate",
-                 "max_retries=7", "#SBATCH --signal=B:USR1@90", "#SBATCH --qos=high"]:
+                   "output_root": str(tmp_path), "max_retries": 7, "max_continuations": 2, "signal_lead": 90,
+                   "qos": "high"})
+    for line in ["cd /shared/src || exit 2  # the checkout holding recipes/, on the nodes", "module load cuda/12",
+                 "source /shared/venv/bin/activate", "max_retries=7", "max_continuations=2  # empty: no limit",
+                 "#SBATCH --signal=B:USR1@90", "#SBATCH --qos=high"]:
         assert line + "\n" in text, line
     assert "apptainer" not in text and "--container-image" not in text
 
