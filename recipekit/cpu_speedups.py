@@ -16,6 +16,12 @@ transformers, TRL or torch it leans on, so an upgrade that moves that API fails 
 - ``plain_lm_head``: dpo's ``fused_lm_head=True`` calls answered from the model's own logits of the
   scored positions (TRL's ``add_fused_lm_head`` calling convention and ``FusedCausalLMOutput``).
 - ``cached_weight_casts``: frozen float32 weights cast once per autocast region in generation.
+- ``frozen_weight_copies`` (``FrozenWeightCopies``): in training, frozen float32 Linear weights (a LoRA
+  base) kept cast to the autocast dtype instead of cast at every forward (``torch.get_autocast_dtype``,
+  ``Tensor._version``).
+- ``fused_lora``: in training, a LoRA Linear's update added by one ``addmm`` with the scaling folded into
+  ``lora_B``, and its input cast to the autocast dtype once (PEFT's ``LoraLayer`` attributes:
+  ``lora_A``, ``lora_B``, ``lora_dropout``, ``scaling``, ``lora_variant``, ``merged``, ``disable_adapters``).
 
 docs/benchmarks.md has what each path measured.
 """
@@ -32,7 +38,7 @@ from recipekit.data import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 PATHS = ("plain_loss", "trained_positions", "document_attention", "frozen_prefix", "plain_lm_head",
-         "cached_weight_casts")
+         "cached_weight_casts", "frozen_weight_copies", "fused_lora")
 switched_off: set[str] = set()  # the benchmark's ablation rows switch single paths off (bench/ours.py)
 
 
@@ -92,10 +98,73 @@ def document_bounds(positions) -> list[int]:
     return [0, *restarts.tolist(), positions.numel()]
 
 
-# Rows shorter than this (in tokens, the whole padding-free row of a micro-batch) keep the stock SDPA under the
-# block mask: there one call per document and layer costs more than the masked-out blocks it saves
-# (docs/benchmarks.md, `python -m bench.attention`).
+# The per-document loop (one SDPA call per document and layer) only on rows this long (in tokens, the whole
+# padding-free row of a micro-batch): on shorter ones the calls cost more than the masked-out blocks they save
+# (docs/benchmarks.md, `python -m bench.attention`). Rows of short documents take the padded batch instead.
 DOCUMENT_ATTENTION_MIN_ROW = 1024
+# The padded batch only for documents up to this long: past it, its float32 scores outgrow the caches and the
+# loop's calls are few enough to pay.
+PADDED_DOCUMENT_MAX = 256
+
+
+class PaddedDocuments:
+    """How a packed row's documents are laid out as a padded batch: ``count`` documents of ``width``
+    positions each, ``index`` (the row position at each batch position, ``length`` = a zero row) and
+    ``keep`` (each row position's place in the flattened batch)."""
+
+    def __init__(self, bounds: list[int]):
+        import torch
+
+        lengths = [end - start for start, end in zip(bounds, bounds[1:])]
+        self.length, self.count, self.width = bounds[-1], len(lengths), max(lengths)
+        index = torch.full((self.count, self.width), self.length, dtype=torch.long)
+        for row, (start, end) in enumerate(zip(bounds, bounds[1:])):
+            index[row, :end - start] = torch.arange(start, end)
+        self.index = index.flatten()
+        self.keep = torch.nonzero(self.index < self.length).flatten()
+        self._causal: dict[int, Any] = {}
+
+    def pays(self) -> bool:
+        """Short documents, and at most half the score elements of the masked row."""
+        return self.width <= PADDED_DOCUMENT_MAX and 2 * self.count * self.width ** 2 <= self.length ** 2
+
+    def causal(self, groups: int):
+        """The causal mask of one document, repeated for the ``groups`` query heads that share a key head."""
+        import torch
+
+        if groups not in self._causal:
+            self._causal[groups] = torch.ones(self.width, self.width, dtype=torch.bool).tril().repeat(groups, 1)
+        return self._causal[groups]
+
+    def gather(self, states):
+        """[1, heads, length, dim] -> [count, heads, width, dim], zeros at the padding."""
+        import torch
+
+        rows = torch.nn.functional.pad(states[0].transpose(0, 1), (0, 0, 0, 0, 0, 1))  # length + 1, heads, dim
+        batch = rows.index_select(0, self.index.to(states.device))
+        return batch.view(self.count, self.width, *batch.shape[1:]).transpose(1, 2)
+
+    def attend(self, query, key, value, scaling: float | None, dropout: float):
+        """Causal attention within each document, in one batch: [1, length, heads, dim] like SDPA's output.
+
+        Query heads are grouped by the key head they share, so keys and values are never repeated. The
+        scores and softmax are float32, as the CPU flash kernel keeps them; the weighted sum runs in the
+        inputs' dtype.
+        """
+        import torch
+
+        heads, kv_heads, dim = query.shape[1], key.shape[1], query.shape[-1]
+        groups = heads // kv_heads
+        q, k, v = self.gather(query), self.gather(key), self.gather(value)
+        q = q.reshape(self.count, kv_heads, groups * self.width, dim)
+        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * (dim ** -0.5 if scaling is None else scaling)
+        scores = scores.masked_fill(~self.causal(groups).to(scores.device), float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        if dropout > 0:
+            weights = torch.nn.functional.dropout(weights, dropout)
+        out = torch.matmul(weights.to(v.dtype), v).view(self.count, heads, self.width, dim)
+        out = out.transpose(1, 2).reshape(self.count * self.width, heads, dim)
+        return out.index_select(0, self.keep.to(out.device))[None]
 
 
 class DocumentAttention:
@@ -103,24 +172,28 @@ class DocumentAttention:
 
     A padding-free batch is one row of several documents whose position_ids restart at 0; plain
     SDPA then runs over the whole row with a block-diagonal mask, so its cost grows with the
-    square of the row length. This runs causal SDPA once per document instead: the same result
-    (the mask allows exactly these blocks), at the cost of the documents' squared lengths, on rows
-    of ``min_row_length`` tokens or more (default ``DOCUMENT_ATTENTION_MIN_ROW``, read at each
-    call). Shorter rows and anything else (GPU, generation with a cache, padded batches, tracing)
-    go to the stock SDPA function.
+    square of the row length. This computes only the blocks the mask allows, with the same result:
+    short documents as one padded batch (``PaddedDocuments``, where ``pays()``), longer ones with one
+    causal SDPA call each on rows of ``min_row_length`` tokens or more (default
+    ``DOCUMENT_ATTENTION_MIN_ROW``, read at each call). Anything else (GPU, generation with a cache,
+    padded batches, tracing, one long document) goes to the stock SDPA function.
     """
 
     def __init__(self, fallback, min_row_length: int | None = None):
         self.fallback = fallback
         self.min_row_length = min_row_length
-        self._last: tuple[Any, Any, Any] | None = None  # (position_ids, mask, bounds) of the current forward
+        # (position_ids, mask, bounds, layout) of the current forward: every layer gets the same tensors
+        self._last: tuple[Any, Any, Any, Any] | None = None
 
     def bounds(self, position_ids, mask) -> list[int] | None:
         """Document start offsets plus the row length; None unless the mask is exactly the packed-documents one."""
+        return self._plan(position_ids, mask)[0]
+
+    def _plan(self, position_ids, mask) -> tuple[list[int] | None, PaddedDocuments | None]:
         import torch
 
         if self._last is not None and self._last[0] is position_ids and self._last[1] is mask:
-            return self._last[2]
+            return self._last[2], self._last[3]
         bounds = document_bounds(position_ids[0])
         bounds = bounds if len(bounds) > 2 and mask is not None else None
         if bounds is not None:
@@ -129,8 +202,9 @@ class DocumentAttention:
             expected = (document[:, None] == document[None, :]).tril()
             if mask.dtype != torch.bool or mask.shape[-2:] != expected.shape or not torch.equal(mask[0, 0], expected):
                 bounds = None  # the mask also hides padding or something else: leave it to SDPA
-        self._last = (position_ids, mask, bounds)
-        return bounds
+        layout = PaddedDocuments(bounds) if bounds is not None else None
+        self._last = (position_ids, mask, bounds, layout)
+        return bounds, layout
 
     def __call__(self, module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
                  **kwargs):
@@ -141,10 +215,12 @@ class DocumentAttention:
         min_row = DOCUMENT_ATTENTION_MIN_ROW if self.min_row_length is None else self.min_row_length
         usable = (enabled("document_attention", query.device) and position_ids is not None and query.shape[0] == 1
                   and position_ids.shape[0] == 1 and query.shape[2] == key.shape[2] == position_ids.shape[-1]
-                  and query.shape[2] >= min_row
+                  and query.shape[1] % key.shape[1] == 0
                   and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
-        bounds = self.bounds(position_ids, attention_mask) if usable else None
-        if bounds is None:
+        bounds, layout = self._plan(position_ids, attention_mask) if usable else (None, None)
+        if layout is not None and layout.pays():
+            return layout.attend(query, key, value, scaling, dropout), None
+        if bounds is None or query.shape[2] < min_row:
             return self.fallback(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                  is_causal=is_causal, **kwargs)
         groups = getattr(module, "num_key_value_groups", 1)
@@ -328,6 +404,131 @@ def reuse_frozen_prefix(model, max_bytes: int = DEFAULT_MAX_BYTES) -> FrozenPref
     log.info("decoder layers 0-%d are frozen: their output is computed once per document and reused "
              "(up to %.1f GiB)", depth - 1, max_bytes / 2**30)
     return FrozenPrefixCache(decoder, depth, max_bytes)
+
+
+# --- frozen_weight_copies ----------------------------------------------------------------------------------------
+
+class FrozenWeightCopies:
+    """While training under CPU autocast, each frozen float32 ``nn.Linear`` weight is cast once and kept.
+
+    Autocast keeps its low-precision copy of a weight only while one forward runs, and only for weights
+    that require grad; a frozen weight (LoRA's base model) is cast again in every forward. Here the
+    copy is kept across steps: the same values (autocast would round the same weight the same way),
+    recast if the weight changes in place (its version counter; not through ``.data``) or the autocast
+    dtype changes. ``speed_up_training`` installs it for the length of ``train()`` only, so no
+    copy outlives the loop (an adapter merge writes through ``.data``). Copies stop at ``max_bytes``;
+    the rest are cast per call as before.
+    """
+
+    def __init__(self, model, max_bytes: int = DEFAULT_MAX_BYTES):
+        import torch
+
+        self.modules = [m for m in model.modules() if type(m) is torch.nn.Linear
+                        and m.weight.dtype == torch.float32 and not m.weight.requires_grad]
+        self.max_bytes = max_bytes
+        self.copies: dict[int, tuple[Any, int, Any]] = {}  # id(module) -> (dtype, weight version, copy)
+        self.stored_bytes = 0
+
+    def install(self) -> None:
+        for module in self.modules:
+            module.forward = functools.partial(self._forward, module)
+
+    def remove(self) -> None:
+        for module in self.modules:
+            module.__dict__.pop("forward", None)
+        self.copies.clear()
+        self.stored_bytes = 0
+
+    def _forward(self, module, x):
+        import torch
+
+        weight = module.weight
+        if not (torch.is_autocast_enabled(x.device.type) and x.device.type == "cpu") or weight.requires_grad:
+            return torch.nn.functional.linear(x, weight, module.bias)
+        dtype = torch.get_autocast_dtype("cpu")
+        kept = self.copies.get(id(module))
+        if kept is not None and kept[0] == dtype and kept[1] == weight._version:
+            return torch.nn.functional.linear(x, kept[2], module.bias)
+        copy = weight.detach().to(dtype)
+        stored = self.stored_bytes - (kept[2].nbytes if kept is not None else 0)
+        if stored + copy.nbytes <= self.max_bytes:
+            self.copies[id(module)] = (dtype, weight._version, copy)
+            self.stored_bytes = stored + copy.nbytes
+        return torch.nn.functional.linear(x, copy, module.bias)
+
+
+class FusedLora:
+    """LoRA Linear layers computing ``base(x) + scaling * B(A(x))`` in fewer, larger operations under CPU autocast.
+
+    PEFT's forward casts the input to float32 for ``lora_A`` (which autocast casts back), multiplies
+    the update by the scaling and adds it to the base output: three passes over an output-sized
+    tensor, and as many again in the backward, for each of a model's ~200 adapted layers. Here the
+    input is cast to the autocast dtype once for both the base layer and ``lora_A``, the scaling is
+    folded into ``lora_B``'s (small) weight, and the update is added inside the matmul (``addmm``). The
+    sum is rounded once instead of three times; otherwise the numbers are the stock ones. Merged,
+    disabled or mixed-batch adapters, DoRA and other variants, LoRA biases and extra forward
+    arguments take PEFT's own forward.
+    """
+
+    ATTRIBUTES = ("lora_A", "lora_B", "lora_dropout", "scaling", "lora_variant", "base_layer", "merged",
+                  "disable_adapters", "active_adapters")
+
+    def __init__(self, model):
+        import torch
+
+        self.modules = [m for m in model.modules() if all(hasattr(m, name) for name in self.ATTRIBUTES)
+                        and isinstance(m.base_layer, torch.nn.Linear)]
+
+    def install(self) -> None:
+        for module in self.modules:
+            module.forward = functools.partial(self._forward, module, module.forward)
+
+    def remove(self) -> None:
+        for module in self.modules:
+            module.__dict__.pop("forward", None)
+
+    @staticmethod
+    def _forward(module, peft_forward, x, *args, **kwargs):
+        import torch
+
+        adapters = [a for a in module.active_adapters if a in module.lora_A]
+        if (args or kwargs or module.disable_adapters or module.merged or x.device.type != "cpu"
+                or not torch.is_autocast_enabled("cpu")
+                or any(a in module.lora_variant or module.lora_B[a].bias is not None for a in adapters)):
+            return peft_forward(x, *args, **kwargs)
+        dtype = torch.get_autocast_dtype("cpu")
+        x = x.to(dtype) if x.is_floating_point() and x.dtype != dtype else x
+        result = module.base_layer(x)
+        out = result.reshape(-1, result.shape[-1])
+        for adapter in adapters:
+            low_rank = module.lora_A[adapter](module.lora_dropout[adapter](x))
+            update = module.lora_B[adapter].weight * module.scaling[adapter]
+            out = torch.addmm(out, low_rank.reshape(-1, low_rank.shape[-1]), update.t())
+        return out.view(result.shape)
+
+
+def speed_up_training(trainer) -> None:
+    """Make ``trainer.train()`` run with the training-only CPU paths (``FrozenWeightCopies``, ``FusedLora``)
+    installed on its model when it trains on a CPU in bf16 or fp16, and removed when it returns or raises."""
+    args = trainer.args
+    if not (args.bf16 or args.fp16) or getattr(args.device, "type", args.device) != "cpu":
+        return
+    train = trainer.train
+
+    @functools.wraps(train)
+    def train_with_fast_paths(*pargs, **kwargs):
+        paths = [path for name, path in (("frozen_weight_copies", FrozenWeightCopies),
+                                         ("fused_lora", FusedLora)) if enabled(name, args.device)]
+        installed = [path(trainer.model) for path in paths]
+        for path in installed:
+            path.install()
+        try:
+            return train(*pargs, **kwargs)
+        finally:
+            for path in reversed(installed):
+                path.remove()
+
+    trainer.train = train_with_fast_paths
 
 
 # --- plain_lm_head -----------------------------------------------------------------------------------------------
