@@ -38,7 +38,6 @@ from typing import Any
 import yaml
 
 from bench import flops, matmul
-from recipekit import cpu_speedups
 
 # Set by the runner for the training process it starts; read by bench/probe.py inside it.
 OUT_ENV = "BENCH_PROBE_OUT"  # where the probe writes its JSON
@@ -53,7 +52,6 @@ DEFAULT_STEPS = {"cpu": 30, "gpu": 30, "ablation": 20, "scaling": 4}
 SCALING_LENGTHS = (256, 512, 1024, 2048)
 SCALING_PROCESSES = (1, 2)
 MATMUL_LIMIT = "matmul-limit"  # the row that holds the machine's measured matmul throughput
-LONG_ROW_STEPS = 8  # ablation rows at long rows: each step is several times longer
 NOISY_SHARE = 0.05  # other processes' share of all CPUs during a row above which the table warns
 
 # Random-weight models built from a config (throughput does not depend on the weights' values).
@@ -172,11 +170,9 @@ def plan(suite: str, workdir: Path, data_dir: Path, model: str, seq_length: int,
         return rows
     if suite == "ablation":
         # One row per choice of the recipe, and per CPU path (recipekit.cpu_speedups) that applies to sft
-        # training, switched back off; per-document attention and the frozen layers computed once only act
-        # on long rows and from the second epoch, so each is measured in a pair of rows of its own.
+        # training, switched back off; the frozen layers computed once only act from the second epoch, so
+        # they are measured in a pair of rows of their own.
         vs = {"defaults": "trl-sft-lora", "shipped": "sft-lora"}
-        long_seq = max(seq_length, cpu_speedups.DOCUMENT_ATTENTION_MIN_ROW // batch)
-        long = {**both, "seq_length": long_seq, "steps": LONG_ROW_STEPS}
         two_epochs = ("peft_top_layers=15", "max_steps=-1", "num_train_epochs=2")  # the later --set wins
         rows = [
             peer("trl-sft-lora", lora=True, cuda=cuda, **both),
@@ -188,15 +184,16 @@ def plan(suite: str, workdir: Path, data_dir: Path, model: str, seq_length: int,
                  **both),
             ours("trl-loss", lora=True, baselines=vs, env={"BENCH_TRL_LOSS": "1"},
                  note="cpu path plain_loss off: TRL's own loss (fused log-probs + entropy metrics)", **both),
+            ours("no-doc-attention", lora=True, baselines=vs, env={"BENCH_NO_DOC_ATTENTION": "1"},
+                 note="cpu path document_attention off: stock SDPA over the whole packed row with a block mask",
+                 **both),
+            ours("no-weight-copies", lora=True, baselines=vs, env={"BENCH_NO_WEIGHT_COPIES": "1"},
+                 note="cpu path frozen_weight_copies off: the frozen weights cast to bf16 in every forward", **both),
+            ours("no-fused-lora", lora=True, baselines=vs, env={"BENCH_NO_FUSED_LORA": "1"},
+                 note="cpu path fused_lora off: PEFT's own LoRA forward", **both),
             ours("grad-ckpt", lora=True, extra=("gradient_checkpointing=true",), baselines=vs,
                  note="gradient checkpointing on (TRL's default)", **both),
             ours("fp32", lora=True, extra=("bf16=false",), baselines=vs, note="no bf16 autocast", **both),
-            ours(f"sft-lora-{long_seq}", lora=True, note=f"as shipped at seq_length {long_seq} "
-                 f"({batch * long_seq}-token rows: per-document attention on), {LONG_ROW_STEPS} steps", **long),
-            ours(f"no-doc-attention-{long_seq}", lora=True, baselines={"shipped": f"sft-lora-{long_seq}"},
-                 env={"BENCH_NO_DOC_ATTENTION": "1"},
-                 note="cpu path document_attention off: stock SDPA over the whole packed row with a block mask",
-                 **long),
             ours("top-15-layers", lora=True, extra=two_epochs, baselines={"defaults": "trl-sft-lora"},
                  note="adapters on the top 15 of 30 layers (`make demo`), two epochs", **both),
             ours("no-frozen-prefix", lora=True, extra=two_epochs, baselines={"shipped": "top-15-layers"},

@@ -59,27 +59,51 @@ def any_row_length(monkeypatch):
     monkeypatch.setattr(cpu_speedups, "DOCUMENT_ATTENTION_MIN_ROW", 0)
 
 
-def test_document_attention_matches_the_packed_mask(tiny, stock_sdpa, any_row_length):
+@pytest.mark.parametrize("lengths, padded", [((4, 5, 3, 4, 5, 3), True), ((7, 12, 5), False)])
+def test_document_attention_matches_the_packed_mask(tiny, stock_sdpa, any_row_length, lengths, padded):
+    """Short documents attend as one padded batch, the others one SDPA call each: both give the block
+    mask's logits and gradients, with the tiny model's grouped key/value heads (4 query heads, 2 kv heads)."""
     import torch
+    from transformers import AttentionInterface
 
-    inputs, _ = packed_batch()
+    inputs, _ = packed_batch(lengths)
     stock_logits, stock_grads = forward_and_grads(tiny, inputs)
     cpu_speedups.use_document_attention()
     logits, grads = forward_and_grads(tiny, inputs)
-    from transformers import AttentionInterface
 
-    assert AttentionInterface._global_mapping["sdpa"]._last[2] == [0, 7, 19, 24]  # the per-document path ran
+    bounds, layout = AttentionInterface._global_mapping["sdpa"]._last[2:]
+    assert bounds == [0, *torch.tensor(lengths).cumsum(0).tolist()]  # a per-document path ran
+    assert layout.pays() is padded
     assert torch.allclose(logits, stock_logits, atol=1e-5)
     assert len(grads) == len(stock_grads) and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, stock_grads))
 
-    # The other tokens of a document really are invisible: changing document 1 leaves document 2 alone.
+    # The other tokens of a document really are invisible: changing document 1 leaves the others alone.
+    first = lengths[0]
     changed = {**inputs, "input_ids": inputs["input_ids"].clone()}
-    changed["input_ids"][0, :7] = 3
-    assert torch.allclose(tiny(**changed).logits[0, 7:], logits[0, 7:], atol=1e-5)
-    assert not torch.allclose(tiny(**changed).logits[0, :7], logits[0, :7], atol=1e-3)
+    changed["input_ids"][0, :first] = 3
+    assert torch.allclose(tiny(**changed).logits[0, first:], logits[0, first:], atol=1e-5)
+    assert not torch.allclose(tiny(**changed).logits[0, :first], logits[0, :first], atol=1e-3)
 
 
-def test_document_attention_leaves_rows_shorter_than_its_threshold_to_the_stock_sdpa(monkeypatch):
+def test_padded_documents_match_the_block_mask_under_bf16_autocast_with_attention_dropout_off():
+    """The padded batch keeps float32 scores, as the CPU flash kernel does: under bf16 it stays as close
+    to the stock kernel as bf16 outputs allow."""
+    import torch
+
+    lengths = [9, 14, 6, 11, 8]
+    positions = torch.cat([torch.arange(n) for n in lengths])[None]
+    document = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    mask = (document[:, None] == document[None, :]).tril()[None, None]
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, heads, positions.shape[1], 16, dtype=torch.bfloat16) for heads in (6, 2, 2))
+    layout = cpu_speedups.PaddedDocuments(cpu_speedups.document_bounds(positions[0]))
+    assert layout.pays() and (layout.count, layout.width) == (5, 14)
+    got = layout.attend(q, k, v, scaling=None, dropout=0.0)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    torch.testing.assert_close(got, expected.transpose(1, 2), rtol=2e-2, atol=2e-2)
+
+
+def test_document_attention_takes_the_padded_batch_the_loop_or_the_stock_sdpa(monkeypatch):
     import torch
 
     calls = []
@@ -93,19 +117,22 @@ def test_document_attention_leaves_rows_shorter_than_its_threshold_to_the_stock_
         document = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
         mask = (document[:, None] == document[None, :]).tril()[None, None]
         q = torch.randn(1, 2, positions.shape[1], 4)
-        return attention(SimpleNamespace(num_key_value_groups=1), q, q, q, mask, position_ids=positions)
+        attention(SimpleNamespace(num_key_value_groups=1), q, q, q, mask, position_ids=positions)
+        return attention._last[3]
 
     monkeypatch.setattr(cpu_speedups, "DOCUMENT_ATTENTION_MIN_ROW", 20)
     attention = cpu_speedups.DocumentAttention(stock)
-    one_layer(attention, [6, 7, 6])  # 19 tokens: below the threshold, the stock function answers
-    assert calls == [19]
-    one_layer(attention, [6, 7, 7])  # 20 tokens: per document, the stock function is not called
-    assert calls == [19] and attention._last[2] == [0, 6, 13, 20]
+    assert one_layer(attention, [3] * 6).pays() and calls == []  # short documents: one padded batch
+    # One long document among short ones: padding them all to its length would cost more than the mask.
+    assert not one_layer(attention, [12, 2, 2]).pays() and calls == [16]  # below the loop's threshold: stock
+    assert not one_layer(attention, [16, 2, 2]).pays() and calls == [16]  # 20 tokens: one call per document
     monkeypatch.setattr(cpu_speedups, "DOCUMENT_ATTENTION_MIN_ROW", 21)  # read at every call
-    one_layer(attention, [6, 7, 7])
-    assert calls == [19, 20]
-    one_layer(cpu_speedups.DocumentAttention(stock, min_row_length=0), [2, 1])
-    assert calls == [19, 20]  # its own threshold (0) overrides the module's
+    one_layer(attention, [16, 2, 2])
+    assert calls == [16, 20]
+    one_layer(cpu_speedups.DocumentAttention(stock, min_row_length=0), [12, 2, 2])
+    assert calls == [16, 20]  # its own threshold (0) overrides the module's
+    monkeypatch.setattr(cpu_speedups, "PADDED_DOCUMENT_MAX", 2)  # documents longer than this are not padded
+    assert not one_layer(attention, [3] * 6).pays() and calls == [16, 20, 18]
 
 
 def test_document_attention_leaves_padded_batches_and_generation_alone(tiny, stock_sdpa):
@@ -285,6 +312,132 @@ def test_reused_outputs_under_gradient_checkpointing_give_the_same_grads(lora_on
     for batch in (packed(A, B), packed(B, A)):
         assert_same(loss_and_grads(model, batch), loss_and_grads(reference, batch))
     assert (cache.hits, cache.misses) == (1, 1)
+
+
+# --- frozen_weight_copies, fused_lora -----------------------------------------------------------------------------
+
+@pytest.fixture()
+def lora_everywhere(tiny_model):
+    """A 2-layer random Llama with LoRA on every linear layer (non-zero B, so the update counts)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from recipekit import models
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(models.resolve(tiny_model), dtype=torch.float32)
+    return get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=LINEARS, init_lora_weights=False))
+
+
+def bf16_loss_and_grads(model, batch):
+    import torch
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return loss_and_grads(model, batch)
+
+
+def test_frozen_weight_copies_give_autocasts_numbers_cast_once_and_recast_after_a_change(lora_everywhere):
+    import torch
+
+    model, batch = lora_everywhere, packed(A, B)
+    expected = bf16_loss_and_grads(model, batch)
+    copies = cpu_speedups.FrozenWeightCopies(model)
+    frozen = [m for m in model.modules() if type(m) is torch.nn.Linear and not m.weight.requires_grad]
+    assert copies.modules == frozen and len(frozen) == 7 * 2 + 1  # every base layer, and the (tied) LM head
+    copies.install()
+    got = bf16_loss_and_grads(model, batch)
+    torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)  # the very same rounding
+    for name in expected[1]:
+        torch.testing.assert_close(got[1][name], expected[1][name], rtol=0, atol=0)
+    kept = {key: value[2] for key, value in copies.copies.items()}
+    assert len(kept) == len(frozen) and all(c.dtype == torch.bfloat16 for c in kept.values())
+    bf16_loss_and_grads(model, batch)
+    assert all(copies.copies[key][2] is copy for key, copy in kept.items())  # reused, not cast again
+
+    up = model.get_base_model().model.layers[1].mlp.up_proj.base_layer
+    with torch.no_grad():
+        up.weight.mul_(1.5)  # in place: its copy is stale
+    copies.remove()
+    changed = bf16_loss_and_grads(model, batch)
+    copies.install()
+    torch.testing.assert_close(bf16_loss_and_grads(model, batch)[0], changed[0], rtol=0, atol=0)
+    assert copies.copies[id(up)][2] is not kept[id(up)]
+
+    copies.remove()
+    assert not copies.copies and not any("forward" in vars(m) for m in frozen)
+    with torch.no_grad():  # outside autocast the float32 weights themselves, and nothing is kept
+        stock = model(**batch).logits
+        copies.install()
+        torch.testing.assert_close(model(**batch).logits, stock, rtol=0, atol=0)
+        assert stock.dtype == torch.float32 and not copies.copies
+
+
+def test_frozen_weight_copies_stop_at_the_byte_budget_and_the_rest_are_cast_per_call(lora_everywhere):
+    import torch
+
+    model, batch = lora_everywhere, packed(A, B)
+    expected = bf16_loss_and_grads(model, batch)[0]
+    hidden = model.config.hidden_size
+    copies = cpu_speedups.FrozenWeightCopies(model, max_bytes=2 * hidden * hidden * 2)  # two q_proj-sized copies
+    copies.install()
+    torch.testing.assert_close(bf16_loss_and_grads(model, batch)[0], expected, rtol=0, atol=0)
+    assert 0 < len(copies.copies) < len(copies.modules) and copies.stored_bytes <= copies.max_bytes
+
+
+def test_fused_lora_matches_pefts_forward_within_bf16_rounding_and_runs_instead_of_it(lora_everywhere, monkeypatch):
+    import torch
+    from peft.tuners.lora.layer import Linear
+
+    model, batch = lora_everywhere, packed(A, B, C)
+    expected = bf16_loss_and_grads(model, batch)
+    fused = cpu_speedups.FusedLora(model)
+    assert len(fused.modules) == 7 * 2
+    peft_calls = []
+    peft_forward = Linear.forward
+    monkeypatch.setattr(Linear, "forward", lambda self, *a, **k: peft_calls.append(1) or peft_forward(self, *a, **k))
+    fused.install()
+    got = bf16_loss_and_grads(model, batch)
+    assert peft_calls == []  # every adapted layer took the fused path
+    # The update is added inside one matmul and rounded once, not three times: bf16-close, not equal.
+    torch.testing.assert_close(got[0], expected[0], rtol=2e-2, atol=2e-2)
+    for name in expected[1]:
+        torch.testing.assert_close(got[1][name], expected[1][name], rtol=5e-2, atol=1e-3, msg=name)
+    assert all(g.abs().sum() > 0 for g in got[1].values())  # lora_A and lora_B both get gradients
+
+    with torch.no_grad():
+        model(**batch)  # float32, no autocast: PEFT's own forward
+    assert len(peft_calls) == len(fused.modules)
+    model.merge_adapter()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(**batch)  # merged adapters: PEFT's own forward
+    assert len(peft_calls) == 2 * len(fused.modules)
+    fused.remove()
+    assert not any("forward" in vars(m) for m in fused.modules)
+
+
+def test_speed_up_training_installs_the_training_paths_for_train_only_even_when_it_raises(lora_everywhere):
+    import torch
+
+    model = lora_everywhere
+    seen = []
+
+    def train():
+        seen.append(sorted(type(m.forward).__name__ for m in model.modules() if "forward" in vars(m)))
+        raise RuntimeError("stopped")
+
+    trainer = SimpleNamespace(args=SimpleNamespace(bf16=True, fp16=False, device=torch.device("cpu")),
+                              model=model, train=train)
+    cpu_speedups.speed_up_training(trainer)
+    with pytest.raises(RuntimeError, match="stopped"):
+        trainer.train()
+    assert seen == [["partial"] * (15 + 14)]  # 15 frozen linears (copies), 14 LoRA layers (fused)
+    assert not any("forward" in vars(m) for m in model.modules())
+    for args in (SimpleNamespace(bf16=False, fp16=False, device=torch.device("cpu")),  # float32: nothing to cast
+                 SimpleNamespace(bf16=True, fp16=False, device=torch.device("cuda", 0))):
+        untouched = SimpleNamespace(args=args, model=model, train=train)
+        cpu_speedups.speed_up_training(untouched)
+        assert untouched.train is train
 
 
 # --- the switch and the private API each path leans on -----------------------------------------------------------
