@@ -122,19 +122,21 @@ class PaddedDocuments:
             index[row, :end - start] = torch.arange(start, end)
         self.index = index.flatten()
         self.keep = torch.nonzero(self.index < self.length).flatten()
-        self._causal: dict[int, Any] = {}
+        self._bias: dict[int, Any] = {}
 
     def pays(self) -> bool:
         """Short documents, and at most half the score elements of the masked row."""
         return self.width <= PADDED_DOCUMENT_MAX and 2 * self.count * self.width ** 2 <= self.length ** 2
 
-    def causal(self, groups: int):
-        """The causal mask of one document, repeated for the ``groups`` query heads that share a key head."""
+    def causal_bias(self, groups: int, device):
+        """0 where a position may attend, -inf elsewhere: one document's causal mask, repeated for the
+        ``groups`` query heads that share a key head."""
         import torch
 
-        if groups not in self._causal:
-            self._causal[groups] = torch.ones(self.width, self.width, dtype=torch.bool).tril().repeat(groups, 1)
-        return self._causal[groups]
+        if groups not in self._bias:
+            allowed = torch.ones(self.width, self.width, dtype=torch.bool).tril().repeat(groups, 1)
+            self._bias[groups] = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
+        return self._bias[groups].to(device)
 
     def gather(self, states):
         """[1, heads, length, dim] -> [count, heads, width, dim], zeros at the padding."""
@@ -156,13 +158,16 @@ class PaddedDocuments:
         heads, kv_heads, dim = query.shape[1], key.shape[1], query.shape[-1]
         groups = heads // kv_heads
         q, k, v = self.gather(query), self.gather(key), self.gather(value)
-        q = q.reshape(self.count, kv_heads, groups * self.width, dim)
-        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * (dim ** -0.5 if scaling is None else scaling)
-        scores = scores.masked_fill(~self.causal(groups).to(scores.device), float("-inf"))
-        weights = torch.softmax(scores, dim=-1)
+        q = q.reshape(self.count * kv_heads, groups * self.width, dim).float()
+        k = k.reshape(self.count * kv_heads, self.width, dim).float()
+        with torch.autocast(q.device.type, enabled=False):  # autocast would round the scores to bf16
+            scores = torch.baddbmm(self.causal_bias(groups, q.device), q, k.transpose(-1, -2),
+                                   alpha=dim ** -0.5 if scaling is None else scaling)  # scaled and masked
+            weights = torch.softmax(scores, dim=-1)
         if dropout > 0:
             weights = torch.nn.functional.dropout(weights, dropout)
-        out = torch.matmul(weights.to(v.dtype), v).view(self.count, heads, self.width, dim)
+        out = torch.bmm(weights.to(v.dtype), v.reshape(self.count * kv_heads, self.width, dim))
+        out = out.view(self.count, heads, self.width, dim)
         out = out.transpose(1, 2).reshape(self.count * self.width, heads, dim)
         return out.index_select(0, self.keep.to(out.device))[None]
 
