@@ -464,6 +464,9 @@ def goals(suite: str, rows: dict[str, dict[str, Any]]) -> list[str]:
         row = rows.get(name)
         if not row or row.get(key) is None:
             return f"{name} MFU: not measured (no {of} in this run)"
+        if row[key] > 1.0:  # no row can outrun the limit: the limit's own measurement was disturbed
+            return (f"{name}: {100 * row[key]:.1f}% of {of}, which is impossible: that measurement was "
+                    "disturbed; goal not judged, rerun on an idle machine")
         verdict = "met" if row[key] >= target else "NOT met"
         return f"{name}: {100 * row[key]:.1f}% of {of} (goal ≥ {100 * target:.0f}%): {verdict}"
 
@@ -522,6 +525,16 @@ def plot_scaling(result: dict[str, Any], path: Path) -> None:
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def unused_stem(out: Path, stem: str) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``, ...: the first whose result files do not exist yet (a second
+    run on the same day never overwrites the first)."""
+    candidate, n = stem, 1
+    while any((out / f"{candidate}{suffix}").exists() for suffix in (".json", ".md", ".png")):
+        n += 1
+        candidate = f"{stem}-{n}"
+    return candidate
 
 
 def slug(text: str) -> str:
@@ -641,7 +654,8 @@ def main(argv: list[str] | None = None) -> int:
         "flops_convention": flops.__doc__.strip(), "rows": list(done.values()),
     }
     result["goals"] = goals(args.suite, done)
-    stem = slug(result["environment"]["host"]) + f"-{date}" + ("" if args.suite == "cpu" else f"-{args.suite}")
+    stem = unused_stem(args.out, slug(result["environment"]["host"]) + f"-{date}"
+                       + ("" if args.suite == "cpu" else f"-{args.suite}"))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     table = markdown(result)

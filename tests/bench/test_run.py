@@ -218,6 +218,18 @@ def test_cpu_goals_and_table_compare_the_recipe_with_both_peers_and_the_limit():
     assert "| sft-lora | `sft` | yes | 256 | 1 | 250 | 5.00× | 2.50× |" in table
     assert "| 55.0% of limit |" in table
     assert "| matmul-limit | `torch.matmul` |" in table and "bfloat16 0.000 frozen" in table
+    # A disturbed limit row makes a row look faster than the limit: that is reported, never judged met.
+    rows["sft-lora"]["cpu_mfu"] = 2.88
+    assert run.goals("cpu", rows)[1] == ("sft-lora: 288.0% of the measured matmul limit, which is impossible: "
+                                         "that measurement was disturbed; goal not judged, rerun on an idle machine")
+
+
+def test_a_second_run_on_the_same_day_gets_its_own_files(tmp_path):
+    assert run.unused_stem(tmp_path, "vm-2026-12-06") == "vm-2026-12-06"
+    (tmp_path / "vm-2026-12-06.json").write_text("{}")
+    assert run.unused_stem(tmp_path, "vm-2026-12-06") == "vm-2026-12-06-2"
+    (tmp_path / "vm-2026-12-06-2.md").write_text("")
+    assert run.unused_stem(tmp_path, "vm-2026-12-06") == "vm-2026-12-06-3"
 
 
 def test_the_scaling_plot_draws_one_line_per_tool_and_process_count(tmp_path):
