@@ -311,6 +311,26 @@ def run_scenario(scenario: Scenario, workdir: Path, threads: int, timeout: int) 
     return record
 
 
+def best_of_runs(rows: list[Scenario], runs: dict[str, list[dict[str, Any]]],
+                 peak: float | None) -> dict[str, dict[str, Any]]:
+    """One result row per scenario from its runs: the matmul limit's fastest run (the limit is what the
+    machine can do), each training row's median run by tokens/s, with every run's tokens/s kept."""
+    done: dict[str, dict[str, Any]] = {}
+    for scenario in rows:
+        if scenario.name == MATMUL_LIMIT:
+            limits = [limit_row(scenario, record) for record in runs[scenario.name]]
+            done[scenario.name] = max(limits, key=lambda row: row["limits_tflops"]["bfloat16"]["full"])
+            print(f"[bench] {scenario.name}: {done[scenario.name]['limits_tflops']} TFLOP/s", flush=True)
+            continue
+        summaries = sorted((summarize(scenario, record, peak, done.get(MATMUL_LIMIT)) for record in runs[scenario.name]),
+                           key=lambda row: row["tokens_per_s"])
+        row = summaries[(len(summaries) - 1) // 2]
+        row["tokens_per_s_runs"] = [summary["tokens_per_s"] for summary in summaries]
+        done[scenario.name] = row
+        print(f"[bench] {scenario.name}: {row['tokens_per_s']:,.0f} tokens/s", flush=True)
+    return done
+
+
 def summarize(scenario: Scenario, probe: dict[str, Any], peak: float | None,
               limit: dict[str, Any] | None = None) -> dict[str, Any]:
     """One result row from a probe record: steady tokens/s (after step 1), TTFS, memory, MFU (on a CPU:
@@ -383,6 +403,15 @@ def environment(threads: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------- reporting
 
 
+def note(row: dict[str, Any]) -> str:
+    """The row's note, and with several runs, what each measured (the row shows the median)."""
+    runs = row.get("tokens_per_s_runs") or []
+    if len(runs) < 2:
+        return row["note"]
+    measured = f"median of {len(runs)} runs: " + ", ".join(f"{value:,.0f}" for value in runs) + " tokens/s"
+    return f"{row['note']}; {measured}" if row["note"] else measured
+
+
 def share(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.0f}%"
 
@@ -412,7 +441,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"{device}; torch {env['versions']['torch']}, transformers {env['versions']['transformers']}, "
         f"trl {env['versions']['trl']}, peft {env['versions']['peft']}. Model `{result['model']}`, "
         f"sequence length {result['seq_length']}, {result['steps']} optimizer steps per row "
-        f"(tokens/s timed after step 1). Load average {result['load_before'][0]:.2f} before, "
+        f"(tokens/s timed after step 1)"
+        + (f", each row the median of {result['repeat']} rounds" if result.get("repeat", 1) > 1 else "")
+        + f". Load average {result['load_before'][0]:.2f} before, "
         f"{result['load_after'][0]:.2f} after; {result['wall_s'] / 60:.1f} min in all.",
         "",
         "| row | tool | LoRA | seq | processes | tokens/s | " + "".join(f"vs {kind} | " for kind in kinds)
@@ -440,7 +471,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {row['name']} | `{row['tool']}` | {'yes' if row['lora'] else 'no'} | {seq} | "
                      f"{row['processes']} | {row['tokens_per_s']:,.0f} | {vs}"
                      f"{row['time_to_first_step_s']:.1f} s | {memory} | {row['model_tflops_per_s']:.3f} | {mfu} | "
-                     f"{row['tokens_per_step']:,.0f} | {share(row['foreign_cpu_share'])} | {row['note']} |")
+                     f"{row['tokens_per_step']:,.0f} | {share(row['foreign_cpu_share'])} | {note(row)} |")
     lines += ["", *(f"- {goal}" for goal in result["goals"])]
     busy = [row["name"] for row in rows if (row["foreign_cpu_share"] or 0) > NOISY_SHARE]
     if busy:
@@ -558,10 +589,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: from the GPU's name)")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every row (default: all CPUs)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per row")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of every row; each row reports its median run (the limit its best)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, outputs)")
     parser.add_argument("--dry-run", action="store_true", help="print the rows' commands and exit")
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat: at least 1")
     if args.steps is not None and args.steps < 2:
         parser.error("--steps: at least 2 (step 1 is excluded from tokens/s)")
     if args.shape and args.suite != "gpu":
@@ -625,15 +660,12 @@ def main(argv: list[str] | None = None) -> int:
     peak = args.peak_tflops or flops.peak_tflops(torch.cuda.get_device_name() if cuda else None)
     started, load_before = time.monotonic(), os.getloadavg()
     try:
-        done: dict[str, dict[str, Any]] = {}
-        for scenario in rows:  # the matmul limit, where there is one, comes first
-            record = run_scenario(scenario, workdir, threads, args.timeout)
-            if scenario.name == MATMUL_LIMIT:
-                done[scenario.name] = limit_row(scenario, record)
-                print(f"[bench] {scenario.name}: {done[scenario.name]['limits_tflops']} TFLOP/s", flush=True)
-                continue
-            done[scenario.name] = summarize(scenario, record, peak, done.get(MATMUL_LIMIT))
-            print(f"[bench] {scenario.name}: {done[scenario.name]['tokens_per_s']:,.0f} tokens/s", flush=True)
+        runs: dict[str, list[dict[str, Any]]] = {row.name: [] for row in rows}
+        for round_number in range(args.repeat):  # rounds of every row in turn: load slows a round, not a row
+            for scenario in rows:  # the matmul limit, where there is one, comes first
+                runs[scenario.name].append(run_scenario(scenario, workdir, threads, args.timeout))
+                print(f"[bench] {scenario.name}: run {round_number + 1} of {args.repeat} done", flush=True)
+        done = best_of_runs(rows, runs, peak)
         for row in done.values():
             if row["kind"] == "training":
                 row["ratios"] = {kind: row["tokens_per_s"] / done[peer]["tokens_per_s"]
@@ -648,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "schema": 1, "suite": args.suite, "date": date, "command": shlex.join(["python", "-m", "bench.run",
                                                                                  *(argv or sys.argv[1:])]),
-        "model": model, "seq_length": seq_length, "steps": steps, "peak_tflops": peak,
+        "model": model, "seq_length": seq_length, "steps": steps, "repeat": args.repeat, "peak_tflops": peak,
         "load_before": list(load_before), "load_after": list(os.getloadavg()),
         "wall_s": time.monotonic() - started, "environment": environment(threads),
         "flops_convention": flops.__doc__.strip(), "rows": list(done.values()),

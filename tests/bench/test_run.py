@@ -188,6 +188,25 @@ def test_cpu_rows_get_their_mfu_against_the_matmul_limit_of_their_precision_and_
     assert run.summarize(scenario, probe_record(100, 2.0), None, None)["cpu_mfu"] is None
 
 
+def test_repeated_rounds_report_each_rows_median_run_and_the_fastest_limit():
+    def limit_record(tflops):
+        return {"rows": 512, "repeats": 3, "timings": [], "wall_s": 10.0, "foreign_cpu_s": 0.0,
+                "limits_tflops": {"bfloat16": {"frozen": tflops, "full": tflops},
+                                  "float32": {"frozen": tflops / 4, "full": tflops / 4}}}
+
+    limit = run.Scenario(run.MATMUL_LIMIT, "torch.matmul", None, [])
+    ours = run.Scenario("sft-lora", "sft", True, [], {"tuned": "p"}, note="as shipped")
+    runs = {limit.name: [limit_record(x) for x in (5e-7, 1e-6, 2e-7)],
+            ours.name: [probe_record(100, seconds) for seconds in (1.0, 2.0, 0.5)]}  # 100, 50, 200 tokens/s
+    done = run.best_of_runs([limit, ours], runs, None)
+    assert done[limit.name]["limits_tflops"]["bfloat16"]["full"] == 1e-6  # what the machine can do
+    row = done[ours.name]
+    assert row["tokens_per_s"] == pytest.approx(100) and row["tokens_per_s_runs"] == pytest.approx([50, 100, 200])
+    assert row["matmul_limit_tflops"] == 1e-6
+    assert run.note(row) == "as shipped; median of 3 runs: 50, 100, 200 tokens/s"
+    assert run.note({**row, "tokens_per_s_runs": [100.0]}) == "as shipped"
+
+
 def test_cpu_goals_and_table_compare_the_recipe_with_both_peers_and_the_limit():
     limit = {"name": run.MATMUL_LIMIT, "kind": run.MATMUL_LIMIT, "tool": "torch.matmul", "rows": 512, "note": "",
              "limits_tflops": {"bfloat16": {"frozen": 1e-6, "full": 1e-6}, "float32": {"frozen": 5e-7, "full": 5e-7}},
