@@ -1,4 +1,4 @@
-"""Where per-document attention starts to pay: one attention layer's forward and backward on a packed row.
+"""What per-document attention buys: one attention layer's forward and backward on a packed row.
 
     python -m bench.attention        # SmolLM2-135M on hotel-sized documents
 
@@ -6,8 +6,8 @@ Two measurements per row length: one attention layer alone (forward and backward
 REPEATS, the least disturbed by other load), and a whole training step of the model with each
 attention, run in back-to-back pairs so that other load slows both sides of a pair alike (the
 median ratio). Each row is filled with documents of the lengths the hotel data has after the chat
-template, cycled in file order, as TRL's padding-free packing lays them out in one row.
-``recipekit.cpu_speedups.DOCUMENT_ATTENTION_MIN_ROW`` follows the step ratio (docs/benchmarks.md).
+template, cycled in file order, as TRL's padding-free packing lays them out in one row; documents
+this short take ``recipekit.cpu_speedups.PaddedDocuments`` (docs/benchmarks.md).
 """
 
 from __future__ import annotations
