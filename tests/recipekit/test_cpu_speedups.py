@@ -46,6 +46,15 @@ def packed_batch(lengths=(7, 12, 5), vocab=1000):
     return {"input_ids": ids, "position_ids": positions, "use_cache": False}, labels  # as TRL's trainer calls it
 
 
+def packed_mask(lengths):
+    """Position ids of one padding-free row of documents of ``lengths``, and the block mask transformers builds for it."""
+    import torch
+
+    positions = torch.cat([torch.arange(n) for n in lengths])[None]
+    document = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    return positions, (document[:, None] == document[None, :]).tril()[None, None]
+
+
 def forward_and_grads(model, inputs):
     model.zero_grad()
     logits = model(**inputs).logits
@@ -91,9 +100,7 @@ def test_padded_documents_keep_float32_scores_under_bf16_autocast():
     import torch
 
     lengths = [9, 14, 6, 11, 8]
-    positions = torch.cat([torch.arange(n) for n in lengths])[None]
-    document = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
-    mask = (document[:, None] == document[None, :]).tril()[None, None]
+    positions, mask = packed_mask(lengths)
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, heads, positions.shape[1], 16).mul(scale).bfloat16()
                for heads, scale in ((6, 6.0), (2, 6.0), (2, 1.0)))
@@ -122,9 +129,7 @@ def test_document_attention_takes_the_padded_batch_the_loop_or_the_stock_sdpa(mo
         return query.transpose(1, 2), None
 
     def one_layer(attention, lengths):
-        positions = torch.cat([torch.arange(n) for n in lengths])[None]
-        document = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
-        mask = (document[:, None] == document[None, :]).tril()[None, None]
+        positions, mask = packed_mask(lengths)
         q = torch.randn(1, 2, positions.shape[1], 4)
         attention(SimpleNamespace(num_key_value_groups=1), q, q, q, mask, position_ids=positions)
         return attention._last[3]
