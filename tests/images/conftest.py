@@ -8,6 +8,8 @@ import pytest
 
 from tests.images import engine
 
+FREE_GIB = 10  # the image and its build cache (~6 GiB) plus a bundle of it (~3 GiB)
+
 
 @pytest.fixture(scope="session")
 def cpu_image() -> str:
@@ -20,4 +22,5 @@ def cpu_image() -> str:
         if os.environ.get("CI"):
             pytest.fail(f"CI is set, so the image tests must run, but {reason}")
         pytest.skip(reason)
+    engine.require_free_space(FREE_GIB)
     return engine.build_cpu_image()

@@ -103,11 +103,35 @@ def podman(*args: str, check: bool = True, timeout: float = 900, **kwargs) -> su
     return result
 
 
+def image_id(reference: str) -> str | None:
+    found = podman("image", "inspect", reference, "--format", "{{.Id}}", check=False)
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
 def build_cpu_image() -> str:
-    """``images/build.sh cpu`` (make images' script), reusing the engine's layer cache; returns the tag."""
+    """``images/build.sh cpu`` (make images' script), reusing the engine's layer cache; returns the tag.
+
+    Each build from a new checkout adds a copy of the venv (~3 GB) under a new image; the image the
+    tag pointed at before is removed afterwards, with the untagged layers only it used, so that
+    repeated runs do not fill the disk. The layer cache the new build used stays.
+    """
     from launcher import images
 
+    tag = images.default_image("cpu")
+    previous = image_id(tag)
     result = subprocess.run(["bash", str(REPO / "images" / "build.sh"), "cpu"], cwd=REPO, capture_output=True,
                             text=True, env={**os.environ, **environment()}, timeout=3600)
     assert result.returncode == 0, f"images/build.sh cpu failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return images.default_image("cpu")
+    if previous and previous != image_id(tag):
+        podman("rmi", previous, check=False)  # still in use by a container: kept
+    return tag
+
+
+def require_free_space(gigabytes: float) -> None:
+    """Fail at once, saying where, when podman's storage or the temporary directory has too little space
+    (a full disk otherwise shows up as unrelated podman errors in later tests)."""
+    graph_root = podman("info", "--format", "{{.Store.GraphRoot}}").stdout.strip()
+    for place in (graph_root, tempfile.gettempdir()):
+        free = shutil.disk_usage(place).free / 2**30
+        assert free >= gigabytes, (f"{place} has {free:.1f} GiB free; the image tests need about {gigabytes:g} GiB "
+                                   f"(the image, a copy of it as a Slurm bundle): free some (podman image prune)")

@@ -69,7 +69,7 @@ class Play:
     """Pods played with ``podman kube play`` next to their ConfigMap, on one PVC volume."""
 
     def __init__(self, tmp_path: Path, claim: str):
-        self.tmp_path, self.claim, self.files = tmp_path, claim, []
+        self.tmp_path, self.claim, self.files, self.config_maps = tmp_path, claim, [], set()
         podman("volume", "create", claim)
         self.volume = Path(podman("volume", "inspect", claim, "--format", "{{.Mountpoint}}").stdout.strip())
         os.chown(self.volume, 1000, 1000)  # what the pods' fsGroup: 1000 makes of it
@@ -79,6 +79,7 @@ class Play:
         path = self.tmp_path / f"play-{len(self.files)}.yaml"
         path.write_text(yaml.safe_dump_all([config_map, *pods], sort_keys=False))
         self.files.append(path)
+        self.config_maps.add(config_map["metadata"]["name"])
         podman("kube", "play", "--replace", str(path))
         return [f"{pod['metadata']['name']}-{c['name']}" for pod in pods for c in pod["spec"]["containers"]]
 
@@ -95,7 +96,9 @@ class Play:
     def close(self) -> None:
         for path in self.files:
             podman("kube", "down", str(path), check=False)
-        podman("volume", "rm", "--force", self.claim, check=False)
+        # kube play keeps each ConfigMap as a volume of its name, which kube down leaves behind.
+        for name in [self.claim, *self.config_maps]:
+            podman("volume", "rm", "--force", name, check=False)
 
 
 @pytest.fixture

@@ -62,8 +62,14 @@ def shared():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_sft_trains_on_two_nodes_inside_the_image(cpu_image, oci_cluster, shared, tmp_path):
-    bundle = tmp_path / "bundle"
+@pytest.fixture
+def bundle(tmp_path):
+    """Where the image is unpacked (~3 GiB): removed afterwards, not kept with pytest's last temporary dirs."""
+    yield tmp_path / "bundle"
+    shutil.rmtree(tmp_path / "bundle", ignore_errors=True)
+
+
+def test_sft_trains_on_two_nodes_inside_the_image(cpu_image, oci_cluster, shared, bundle, tmp_path):
     made = subprocess.run([sys.executable, str(REPO / "images" / "oci_bundle.py"), cpu_image, str(bundle),
                            "--mount", str(shared)], env={**os.environ, **engine.environment()},
                           capture_output=True, text=True, timeout=600)
