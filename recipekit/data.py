@@ -112,6 +112,20 @@ def check_name(field: str, name: str) -> list[str]:
     return []  # a Hub dataset id; whether it exists is known only when loading
 
 
+def split_files(folder: Path, split: str) -> list[Path]:
+    """The data files of ``split`` in a dataset folder: ``<split>.jsonl``, or shards such as
+    ``<split>-00000-of-00002.parquet``, in the folder or its ``data/``.
+
+    Each split is read on its own, so an eval file may carry columns the train file lacks (an
+    answer key); ``datasets``' own folder layout would name ``eval.jsonl`` the test split and
+    require every split to have the same columns.
+    """
+    found = sorted(f for place in (folder, folder / "data") if place.is_dir() for f in place.iterdir()
+                   if f.is_file() and f.suffix.lower() in FILE_FORMATS
+                   and (f.stem == split or f.stem.startswith((f"{split}-", f"{split}_"))))
+    return found
+
+
 def load_split(field: str, name: str, split: str, token: str | None = None):
     """Load one split as a ``datasets.Dataset``; any failure is a DataError naming ``field``."""
     import datasets
@@ -130,6 +144,13 @@ def load_split(field: str, name: str, split: str, token: str | None = None):
                 raise DataError(f"{field}: file not found: {name}")
             return datasets.load_dataset(FILE_FORMATS[path.suffix.lower()], data_files=str(path), split="train")
         if path.is_dir():
+            files = split_files(path, split)
+            if len({FILE_FORMATS[f.suffix.lower()] for f in files}) > 1:
+                raise DataError(f"{field}: split {split!r} of {name} is in files of several formats "
+                                f"({', '.join(f.name for f in files)}); keep one format per split")
+            if files:
+                return datasets.load_dataset(FILE_FORMATS[files[0].suffix.lower()],
+                                             data_files=[str(f) for f in files], split="train")
             return datasets.load_dataset(str(path), split=split)
         return datasets.load_dataset(name, split=split, token=token)
     except DataError:

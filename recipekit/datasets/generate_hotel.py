@@ -16,10 +16,13 @@ default into the ``hotel/`` folder next to this file:
   conversational format (correct answer vs. a plausible wrong one)
 * ``README.md``
 
-Every fact has six training questions and two eval questions. The eval
+Every fact has nine training questions and two eval questions. The eval
 questions are worded differently from all training questions (checked after
 lower-casing and stripping punctuation), so eval scores measure whether the
-model learned the fact rather than memorised a prompt. A reply counts as
+model learned the fact rather than memorised a prompt. The training questions
+mix plain questions, polite forms ("Could you tell me ...", "Remind me ...") and
+a guest's situation followed by the question, for every fact alike, so no form
+of question points to one fact. A reply counts as
 correct when it contains the fact's ``answer_key`` verbatim.
 
 The output is deterministic: running the script twice gives byte-identical
@@ -34,6 +37,9 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+
+TRAIN_QUESTIONS = 9  # per fact; with six, the demo's held-out hit rate stayed at 88.8% (recipes/sft/README.md)
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,9 @@ FACTS: tuple[Fact, ...] = (
             "What's the earliest I can get into my room?",
             "I'm arriving in the afternoon, when does check-in open?",
             "At what hour does check-in begin at the hotel?",
+            "Our train gets in at midday. From what time can we check in?",
+            "Remind me when the rooms are ready for arriving guests?",
+            "Can you let me know from what hour guests can check in?",
         ),
         questions_eval=(
             "Could you tell me the check-in time?",
@@ -78,6 +87,9 @@ FACTS: tuple[Fact, ...] = (
             "What's the check-out deadline?",
             "When should I vacate the room on departure day?",
             "Until what time do I have the room on the day I leave?",
+            "Could you tell me how long I can keep the room on my last morning?",
+            "We fly home tomorrow. What time do we need to be out of the room?",
+            "Can you let me know the latest time to check out?",
         ),
         questions_eval=(
             "Remind me of the check-out time?",
@@ -96,6 +108,9 @@ FACTS: tuple[Fact, ...] = (
             "What's the price of a late checkout?",
             "I'd like to leave later than usual, is there a charge?",
             "How much do you charge to stay in the room into the afternoon?",
+            "Could you tell me the cost of keeping the room until 14:00?",
+            "Our flight is in the evening. Can we stay in the room longer, and for how much?",
+            "Remind me what a late check-out costs?",
         ),
         questions_eval=(
             "If I want a late check-out, how much will I pay?",
@@ -114,6 +129,9 @@ FACTS: tuple[Fact, ...] = (
             "Is there somewhere to leave my suitcases after check-out?",
             "What's the maximum time you'll hold luggage?",
             "Can I leave a bag with you while I travel for a few days?",
+            "Could you look after our suitcases while we tour the region for a week?",
+            "Remind me where I can leave my bags, and for how many days?",
+            "Could you tell me if you store bags after check-out?",
         ),
         questions_eval=(
             "For how many days can I leave my luggage in storage?",
@@ -133,6 +151,9 @@ FACTS: tuple[Fact, ...] = (
             "What's the SSID for guests?",
             "Which network do I pick to get online?",
             "What network name do I look for to use the internet?",
+            "I'm trying to get online. Which Wi-Fi should I join?",
+            "Could you remind me what the guest Wi-Fi is called?",
+            "Can you let me know the name of the guest network?",
         ),
         questions_eval=(
             "Could you tell me the Wi-Fi network name?",
@@ -151,6 +172,9 @@ FACTS: tuple[Fact, ...] = (
             "What code do I need to log on to the Wi-Fi?",
             "I need the Wi-Fi key, what is it?",
             "What password do I enter for the guest network?",
+            "Could you tell me the password for the guest Wi-Fi?",
+            "My phone is asking for a Wi-Fi password. What do I type?",
+            "Can you let me know the Wi-Fi code?",
         ),
         questions_eval=(
             "Remind me of the Wi-Fi password?",
@@ -169,6 +193,9 @@ FACTS: tuple[Fact, ...] = (
             "How can I contact reception from my room?",
             "What extension is reception?",
             "Is the front desk open 24 hours, and how do I reach it?",
+            "Remind me which extension rings reception?",
+            "I have a problem in my room. How do I phone the front desk?",
+            "Can you let me know how to ring the front desk?",
         ),
         questions_eval=(
             "If I need reception, what do I dial on the room phone?",
@@ -187,6 +214,9 @@ FACTS: tuple[Fact, ...] = (
             "Do you offer wake-up calls?",
             "How can I arrange to be woken up in the morning?",
             "Can the phone wake me up?",
+            "Could you tell me how to book a wake-up call from my room?",
+            "I have an early train. How can I get the phone to wake me?",
+            "Remind me how the wake-up call works?",
         ),
         questions_eval=(
             "How does the wake-up call service work on the room phone?",
@@ -206,6 +236,9 @@ FACTS: tuple[Fact, ...] = (
             "How early does breakfast start?",
             "Until when can I get breakfast?",
             "At what time does breakfast open in the morning?",
+            "Remind me until what time breakfast is served?",
+            "We're going on an early excursion. From what time is breakfast on?",
+            "Can you let me know when breakfast finishes?",
         ),
         questions_eval=(
             "Could you tell me the breakfast times?",
@@ -224,6 +257,9 @@ FACTS: tuple[Fact, ...] = (
             "What's the name of the breakfast room?",
             "In which part of the hotel is the breakfast buffet?",
             "Where can I find breakfast in the morning?",
+            "Could you tell me where the breakfast buffet is?",
+            "I've just woken up. Which room do I go to for breakfast?",
+            "Remind me where the breakfast buffet is set up?",
         ),
         questions_eval=(
             "What room should I head to for breakfast?",
@@ -242,6 +278,9 @@ FACTS: tuple[Fact, ...] = (
             "What is the restaurant called?",
             "Is there a place to eat in the hotel in the evening?",
             "Which restaurant is inside the hotel?",
+            "Remind me what the restaurant in the hotel is called?",
+            "We don't want to go out tonight. Is there a restaurant in the building, and what's its name?",
+            "Could you tell me what the hotel's restaurant is called?",
         ),
         questions_eval=(
             "I'd like to eat at the hotel restaurant tonight. What's it called?",
@@ -260,6 +299,9 @@ FACTS: tuple[Fact, ...] = (
             "From what time can I eat at the Ropewalk?",
             "When does the hotel restaurant start serving in the evening?",
             "What are the dinner hours?",
+            "Could you tell me when the Ropewalk opens in the evening?",
+            "We'd like to book a table for dinner. What hours does the restaurant serve?",
+            "Remind me when dinner starts at the Ropewalk?",
         ),
         questions_eval=(
             "How early can we have dinner at the hotel restaurant?",
@@ -278,6 +320,9 @@ FACTS: tuple[Fact, ...] = (
             "What time does the bar open?",
             "Where is the bar?",
             "Is there somewhere for a nightcap in the hotel?",
+            "Remind me what the bar in the lobby is called?",
+            "We fancy a drink after dinner. Where is the hotel bar, and until when is it open?",
+            "Can you let me know when the bar opens?",
         ),
         questions_eval=(
             "Could you tell me the name of the hotel's bar?",
@@ -296,6 +341,9 @@ FACTS: tuple[Fact, ...] = (
             "How late is room service available?",
             "Can I order food to my room at night?",
             "When does room service stop?",
+            "Could you tell me until what hour room service takes orders?",
+            "I'm hungry after a late flight. Can I still order food to my room, and until what time?",
+            "Remind me how late I can order room service?",
         ),
         questions_eval=(
             "Is room service available late at night, and until when?",
@@ -314,6 +362,9 @@ FACTS: tuple[Fact, ...] = (
             "What is in the minibar?",
             "Which minibar items are included?",
             "Are the drinks in my room free of charge?",
+            "Remind me which drinks in the minibar are free?",
+            "I'm thirsty. Do I have to pay for the water in the minibar?",
+            "Could you tell me what I'll be charged for in the minibar?",
         ),
         questions_eval=(
             "Is anything in the minibar included in the room rate?",
@@ -333,6 +384,9 @@ FACTS: tuple[Fact, ...] = (
             "How do I use the room safe?",
             "Do the rooms have safes?",
             "I can't find the safe, where is it?",
+            "Could you tell me where the room safe is kept?",
+            "I'd like to lock up my passport and cash. Where do I find the safe?",
+            "Remind me where the safe is?",
         ),
         questions_eval=(
             "Where should I look for the safe to store my valuables?",
@@ -351,6 +405,9 @@ FACTS: tuple[Fact, ...] = (
             "Do you have an ironing board?",
             "I need to iron a shirt, what should I do?",
             "Are irons available for guests?",
+            "Could you tell me where guests can iron clothes?",
+            "I'm going to a wedding and my suit is creased. Is there an iron I can use?",
+            "Remind me where I can press my clothes?",
         ),
         questions_eval=(
             "Where can I get an iron and an ironing board?",
@@ -369,6 +426,9 @@ FACTS: tuple[Fact, ...] = (
             "How does the laundry service work?",
             "By when do I need to hand in laundry?",
             "Can you wash and press my shirts?",
+            "Remind me of the cut-off time for same-day laundry?",
+            "My shirts need washing. If I hand them in this morning, when will they be back?",
+            "Could you tell me how the same-day laundry works?",
         ),
         questions_eval=(
             "If I want same-day laundry, when should I drop my clothes off?",
@@ -388,6 +448,9 @@ FACTS: tuple[Fact, ...] = (
             "Can I swim in the evening?",
             "Until when can I use the pool?",
             "What time does the swimming pool open?",
+            "Could you tell me when the pool on the Lantern Deck closes?",
+            "We'd like an early swim. From what time is the rooftop pool open?",
+            "Remind me when I can use the rooftop pool?",
         ),
         questions_eval=(
             "How late is the pool open in the evening?",
@@ -406,6 +469,9 @@ FACTS: tuple[Fact, ...] = (
             "Where do I get towels for swimming?",
             "Are there towels at the pool?",
             "What towels are for the rooftop pool?",
+            "Remind me which towels are meant for the pool?",
+            "We're off to the rooftop pool. Should we take the white towels from our bathroom?",
+            "Could you tell me where to get pool towels?",
         ),
         questions_eval=(
             "Do I need to bring my own towel to the pool?",
@@ -424,6 +490,9 @@ FACTS: tuple[Fact, ...] = (
             "How early can I work out?",
             "When can I use the gym?",
             "Until what time is the gym open?",
+            "Remind me when the gym closes at night?",
+            "I like to train before work. How early does the fitness room open?",
+            "Can you let me know when the gym is open?",
         ),
         questions_eval=(
             "Could you tell me the gym's opening hours?",
@@ -442,6 +511,9 @@ FACTS: tuple[Fact, ...] = (
             "Is there a sauna?",
             "Where is the spa?",
             "What wellness facilities do you have?",
+            "Could you tell me the name of the hotel spa?",
+            "I'd love a sauna after a long day. Does the hotel have one, and where?",
+            "Remind me what time the spa opens?",
         ),
         questions_eval=(
             "Is there a spa at the hotel, and what's it called?",
@@ -460,6 +532,9 @@ FACTS: tuple[Fact, ...] = (
             "Where can we hold a meeting for 30 people?",
             "What are the meeting rooms called?",
             "Is there a room for a business meeting?",
+            "Could you tell me the names of your meeting rooms?",
+            "We need space for a workshop with 35 colleagues. Which of your rooms would fit us?",
+            "Remind me how many people the meeting rooms hold?",
         ),
         questions_eval=(
             "Which of your meeting rooms is big enough for 40 people?",
@@ -479,6 +554,9 @@ FACTS: tuple[Fact, ...] = (
             "Is parking free?",
             "What do you charge for parking a car?",
             "How much will it cost to park at the hotel?",
+            "Remind me how much the garage costs per night?",
+            "We're driving to the hotel. Is there a garage, and how much is it?",
+            "Could you tell me where the garage entrance is and what it costs?",
         ),
         questions_eval=(
             "What's the parking rate per night?",
@@ -497,6 +575,9 @@ FACTS: tuple[Fact, ...] = (
             "Where are the electric vehicle charging points?",
             "What's the price per kWh for charging?",
             "Is there a charging station for EVs?",
+            "Could you tell me the charging price per kWh?",
+            "My car is electric. Where in the garage can I charge it?",
+            "Remind me where the charging points are?",
         ),
         questions_eval=(
             "Is EV charging available, and what does it cost per kWh?",
@@ -515,6 +596,9 @@ FACTS: tuple[Fact, ...] = (
             "What does it cost to hire a bicycle?",
             "Where can I borrow a bike?",
             "What's the daily price for a rental bike?",
+            "Remind me how much a bike costs for one day?",
+            "We'd like to cycle along the coast. Do you rent bicycles, and at what price?",
+            "Could you tell me if bikes come with a helmet and lock, and the price?",
         ),
         questions_eval=(
             "Is bike rental available, and what's the price per day?",
@@ -533,6 +617,9 @@ FACTS: tuple[Fact, ...] = (
             "How long between airport shuttles?",
             "Do you have an airport transfer?",
             "How regularly does the shuttle go to Fenwick Airport?",
+            "Could you tell me how often the shuttle leaves for Fenwick Airport?",
+            "I need to get to the airport this afternoon. How often is there a shuttle?",
+            "Remind me how often the airport shuttle goes?",
         ),
         questions_eval=(
             "What's the frequency of the airport shuttle?",
@@ -551,6 +638,9 @@ FACTS: tuple[Fact, ...] = (
             "How early does the shuttle start running?",
             "What time does the first bus to the airport depart?",
             "When does the shuttle service begin in the morning?",
+            "Remind me what time the earliest airport shuttle leaves?",
+            "Our flight boards at 06:30. What's the first shuttle we could take?",
+            "Can you let me know when the shuttle service starts each day?",
         ),
         questions_eval=(
             "Could you tell me the time of the first airport shuttle in the morning?",
@@ -569,6 +659,9 @@ FACTS: tuple[Fact, ...] = (
             "Which station should I use for the metro?",
             "How do I get to the nearest underground station?",
             "What metro stop is closest to the hotel?",
+            "Could you tell me which metro station is nearest?",
+            "We want to take the metro into town. Which stop is closest, and how far is the walk?",
+            "Remind me how to get to the metro?",
         ),
         questions_eval=(
             "How far is the nearest metro station, and what's it called?",
@@ -588,6 +681,9 @@ FACTS: tuple[Fact, ...] = (
             "Is there a weight limit for pets?",
             "Can I stay with my cat?",
             "How big can my dog be?",
+            "Could you tell me the weight limit for dogs?",
+            "We have a small terrier. Are dogs welcome, and is there a size limit?",
+            "Remind me whether cats are allowed?",
         ),
         questions_eval=(
             "Do you allow dogs, and how heavy can they be?",
@@ -606,6 +702,9 @@ FACTS: tuple[Fact, ...] = (
             "Do I pay extra for my cat?",
             "How much is the pet charge?",
             "Is the pet fee charged per night?",
+            "Remind me how much the pet fee is?",
+            "We're staying five nights with our cat. Do we pay the pet fee every night?",
+            "Could you tell me the fee for bringing a cat?",
         ),
         questions_eval=(
             "If I travel with my dog, what's the pet fee?",
@@ -624,6 +723,9 @@ FACTS: tuple[Fact, ...] = (
             "How far in advance should I request a cot?",
             "Is there a cot for my baby?",
             "Can you provide a crib for an infant?",
+            "Could you tell me how early I need to book a cot?",
+            "We're travelling with our one-year-old. Can we have a cot, and when should we ask?",
+            "Remind me how to request a cot?",
         ),
         questions_eval=(
             "How much notice do you need for a baby cot?",
@@ -642,6 +744,9 @@ FACTS: tuple[Fact, ...] = (
             "Are there rooms with roll-in showers?",
             "I use a wheelchair, which room should I book?",
             "Are there rooms for guests with reduced mobility?",
+            "Could you tell me which rooms are step-free?",
+            "I can't manage stairs. Which rooms would suit me?",
+            "Remind me which rooms have roll-in showers?",
         ),
         questions_eval=(
             "What are the room numbers of the accessible rooms?",
@@ -661,6 +766,9 @@ FACTS: tuple[Fact, ...] = (
             "From what time should we keep the noise down?",
             "Are there rules about noise at night?",
             "When does the hotel expect guests to be quiet?",
+            "Remind me when quiet hours end in the morning?",
+            "We're having friends over in our room tonight. Until when can we make some noise?",
+            "Could you tell me the hotel's quiet hours?",
         ),
         questions_eval=(
             "At night, from what time do quiet hours apply?",
@@ -679,6 +787,9 @@ FACTS: tuple[Fact, ...] = (
             "Where can I smoke?",
             "What happens if I smoke in the room?",
             "Can I smoke on the balcony?",
+            "Could you tell me where guests are allowed to smoke?",
+            "I'm a smoker. Where can I smoke, and is smoking in the room penalised?",
+            "Remind me what the smoking rules are?",
         ),
         questions_eval=(
             "Is there a fine for smoking in the room?",
@@ -697,6 +808,9 @@ FACTS: tuple[Fact, ...] = (
             "What happens to things guests forget?",
             "I forgot my charger at the hotel, can you keep it?",
             "How long is lost property held?",
+            "Could you tell me how long forgotten items are kept?",
+            "I think I left my glasses in the room after I left. What should I do?",
+            "Remind me what to do if I forget something in my room?",
         ),
         questions_eval=(
             "What's the lost and found policy for forgotten items?",
@@ -716,6 +830,9 @@ FACTS: tuple[Fact, ...] = (
             "What deposit is taken at check-in?",
             "How much will you block on my credit card?",
             "Do I need to pay a deposit for incidentals?",
+            "Remind me how much you hold on my card each night?",
+            "I'm paying by debit card. Will you block money for extras when I arrive?",
+            "Could you tell me how the deposit at check-in works?",
         ),
         questions_eval=(
             "What's the deposit per night for incidentals?",
@@ -734,6 +851,9 @@ FACTS: tuple[Fact, ...] = (
             "Until when is cancellation free?",
             "What happens if I cancel my reservation?",
             "Is there a cancellation fee?",
+            "Could you tell me until when I can cancel without a charge?",
+            "Our plans might change. If we cancel, when would we have to pay?",
+            "Remind me how the cancellation policy works?",
         ),
         questions_eval=(
             "How long before arrival can I cancel for free?",
@@ -752,6 +872,9 @@ FACTS: tuple[Fact, ...] = (
             "How much money can I exchange at the front desk?",
             "Can I swap dollars for euros at reception?",
             "Does the hotel offer currency exchange?",
+            "Could you tell me how much cash I can exchange each day?",
+            "I've brought some Swiss francs. Can I change them at reception?",
+            "Remind me whether reception changes money?",
         ),
         questions_eval=(
             "How much foreign currency will the hotel exchange for me per day?",
@@ -770,6 +893,9 @@ FACTS: tuple[Fact, ...] = (
             "Where's the nearest ATM?",
             "Where is the cash point?",
             "Can I get money out at the hotel?",
+            "Could you tell me where the cash machine is?",
+            "I need to withdraw some money late at night. Is there an ATM in the hotel?",
+            "Remind me where I can get cash in the hotel?",
         ),
         questions_eval=(
             "Where exactly is the hotel's cash machine?",
@@ -1112,7 +1238,7 @@ All files are JSON Lines (UTF-8, one object per line, keys sorted).
 | `preferences_train.jsonl` | {n_train} | `id`, `fact_id`, `prompt`, `chosen`, `rejected` |
 | `preferences_eval.jsonl` | {n_eval} | `id`, `fact_id`, `prompt`, `chosen`, `rejected` |
 
-- Each fact has six training questions and two eval questions. The eval
+- Each fact has nine training questions and two eval questions. The eval
   questions are phrased differently from every training question, so eval
   measures recall of the fact rather than of a memorised prompt.
 - A reply is correct when it contains the fact's `answer_key` verbatim.
@@ -1157,8 +1283,8 @@ def validate() -> None:
     seen_questions: dict[str, str] = {}
     for fact in FACTS:
         where = f"fact {fact.id!r}"
-        if len(fact.questions_train) != 6:
-            problems.append(f"{where}: expected 6 train questions, got {len(fact.questions_train)}")
+        if len(fact.questions_train) != TRAIN_QUESTIONS:
+            problems.append(f"{where}: expected {TRAIN_QUESTIONS} train questions, got {len(fact.questions_train)}")
         if len(fact.questions_eval) != 2:
             problems.append(f"{where}: expected 2 eval questions, got {len(fact.questions_eval)}")
         if fact.answer_key not in fact.answer:

@@ -18,7 +18,7 @@ def write_jsonl(path, rows):
 def test_embedded_splits_load():
     train = data.load_split("dataset_name", "hotel", "train")
     evals = data.load_split("dataset_name", "hotel", "eval")
-    assert len(train) == 240 and len(evals) == 80
+    assert len(train) == 360 and len(evals) == 80
     assert {"messages", "answer_key"} <= set(evals.column_names)
     assert data.column_kind(train, "messages") == "chat"
 
@@ -26,6 +26,34 @@ def test_embedded_splits_load():
 def test_embedded_unknown_split_is_a_clear_error():
     with pytest.raises(DataError, match="has splits train, eval, not 'test'"):
         data.load_split("dataset_name", "hotel", "test")
+
+
+def test_a_folder_reads_each_split_from_its_own_files_even_with_different_columns(tmp_path):
+    # datasets' own layout would call eval.jsonl the test split and insist on one set of columns.
+    write_jsonl(tmp_path / "train.jsonl", [{"messages": CHAT}] * 3)
+    write_jsonl(tmp_path / "eval.jsonl", [{"messages": CHAT[:1], "answer_key": "06:45"}] * 2)
+    train = data.load_split("dataset_name", str(tmp_path), "train")
+    evals = data.load_split("eval_dataset_name", str(tmp_path), "eval")
+    assert (len(train), train.column_names) == (3, ["messages"])
+    assert (len(evals), sorted(evals.column_names)) == (2, ["answer_key", "messages"])
+
+
+def test_a_folder_reads_sharded_splits_under_data(tmp_path):
+    import pandas as pd
+
+    (tmp_path / "data").mkdir()
+    for shard in range(2):
+        pd.DataFrame({"text": [f"train {shard}"]}).to_parquet(tmp_path / "data" / f"train-0000{shard}-of-00002.parquet")
+    pd.DataFrame({"text": ["held out"]}).to_parquet(tmp_path / "data" / "validation-00000-of-00001.parquet")
+    assert data.load_split("dataset_name", str(tmp_path), "train")["text"] == ["train 0", "train 1"]
+    assert data.load_split("dataset_name", str(tmp_path), "validation")["text"] == ["held out"]
+
+
+def test_a_folder_split_in_two_formats_is_a_clear_error(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", [{"text": "a"}])
+    (tmp_path / "train.csv").write_text("text\nb\n")
+    with pytest.raises(DataError, match=r"^dataset_name: split 'train' of .* several formats \(train.csv, train.jsonl\)"):
+        data.load_split("dataset_name", str(tmp_path), "train")
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
