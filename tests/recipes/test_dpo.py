@@ -18,7 +18,7 @@ FIELDS = {"prompt_field": "question", "chosen_field": "good", "rejected_field": 
 
 @pytest.fixture(scope="module")
 def small_pairs(tmp_path_factory) -> dict[str, str]:
-    """The hotel preference pairs of 8 facts (48 train, 16 eval), columns renamed to question/good/bad."""
+    """The hotel preference pairs of 8 facts (72 train, 16 eval), columns renamed to question/good/bad."""
     from recipekit.data import EMBEDDED_DIR
 
     def read(split):
@@ -80,7 +80,7 @@ def test_lora_raises_held_out_preference_and_the_adapter_loads(lora_run, small_p
 
     out, result, metrics = lora_run
     assert metrics["global_step"] == 8 and metrics["world_size"] == 1 and metrics["resumed_from"] is None
-    assert metrics["train_pairs"] == 48 and metrics["eval_pairs"] == 16
+    assert metrics["train_pairs"] == 72 and metrics["eval_pairs"] == 16
     assert len(logged_losses(metrics)) == 8
     # Measured, not assumed: a fresh adapter leaves the policy equal to the reference, so every pair ties.
     assert metrics["preference_accuracy_before"] == 0.0 and metrics["reward_margin_before"] == 0.0
@@ -125,7 +125,7 @@ def test_implicit_prompt_pairs_train_by_config_alone(tmp_path, tiny_model, small
     out = tmp_path / "implicit"
     dpo(out, tiny_model, paths, "dataset_format=implicit", "max_steps=4", "merge_adapter=false", "save_steps=10")
     metrics = read_metrics(out)
-    assert metrics["train_pairs"] == 48 and metrics["eval_pairs"] == 16
+    assert metrics["train_pairs"] == 72 and metrics["eval_pairs"] == 16
     assert metrics["preference_accuracy_before"] == 0.0 and metrics["reward_margin_after"] > 0.0
 
 
