@@ -4,12 +4,16 @@ A checkpoint is written under ``<output_dir>/.staging/``; once every rank has fi
 rank 0 renames it to ``<output_dir>/checkpoint-<step>`` and then writes ``COMPLETE`` inside it
 (``staged``: every recipe saves through it, the Trainer's through ``recipekit.trainer``).
 Resume only ever considers directories with that marker, so a run killed mid-save restarts
-from the previous complete checkpoint instead of a corrupt one.
+from the previous complete checkpoint instead of a corrupt one. The marker also holds a
+fingerprint of the training data, so that a rerun on changed data stops instead of continuing
+another run's schedule and data order.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import itertools
 import json
 import logging
 import re
@@ -19,12 +23,15 @@ from pathlib import Path
 from typing import Iterator
 
 from recipekit import distributed
+from recipekit.errors import UsageError
 from recipekit.schema import TrainingOptions
 
 log = logging.getLogger("recipekit")
 MARKER = "COMPLETE"
 STAGING = ".staging"
 _STEP_DIR = re.compile(r"^checkpoint-(\d+)$")
+FINGERPRINT_ROWS = 10_000  # rows hashed: the first ones, with the row count (cheap on huge datasets)
+_train_data: str | None = None  # this run's data fingerprint, written into every marker it publishes
 
 
 def checkpoints(output_dir: str | Path) -> list[tuple[int, Path, bool]]:
@@ -53,13 +60,41 @@ def latest_complete(output_dir: str | Path) -> Path | None:
     return chosen
 
 
-def resume_point(train: TrainingOptions) -> Path | None:
-    """Where this run continues: the newest complete checkpoint in output_dir when ``resume`` is on."""
-    return latest_complete(train.output_dir) if train.resume else None
+def data_fingerprint(rows) -> str:
+    """A short hash of a dataset's row count and its first ``FINGERPRINT_ROWS`` rows."""
+    digest = hashlib.sha256(str(len(rows)).encode())
+    for row in itertools.islice(rows, FINGERPRINT_ROWS):
+        digest.update(json.dumps(row, sort_keys=True, default=_plain).encode())
+    return digest.hexdigest()[:16]
+
+
+def _plain(value):
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def resume_point(train: TrainingOptions, data=None) -> Path | None:
+    """Where this run continues: the newest complete checkpoint in output_dir when ``resume`` is on.
+
+    ``data``, the training rows, is fingerprinted for the checkpoints this run writes; a checkpoint
+    written while training on other rows is a UsageError rather than a silent continuation.
+    """
+    global _train_data
+    _train_data = data_fingerprint(data) if data is not None else None
+    chosen = latest_complete(train.output_dir) if train.resume else None
+    if chosen is not None and _train_data is not None:
+        written = json.loads((chosen / MARKER).read_text() or "{}").get("train_data")
+        if written not in (None, _train_data):
+            raise UsageError(f"resume: {chosen} was written while training on other data (the training rows "
+                             f"have changed since); give this run a new output_dir, or move that directory's "
+                             f"checkpoints away to start over in it")
+    return chosen
 
 
 def mark_complete(path: Path, step: int) -> None:
-    (path / MARKER).write_text(json.dumps({"step": step, "time": time.time()}) + "\n")
+    marker = {"step": step, "time": time.time()}
+    if _train_data is not None:
+        marker["train_data"] = _train_data
+    (path / MARKER).write_text(json.dumps(marker) + "\n")
 
 
 def publish(staged: Path, final: Path, step: int) -> None:

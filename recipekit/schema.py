@@ -99,7 +99,8 @@ class TrainingOptions:
     save_steps: int = option(50, help="save a checkpoint every N steps", min=1, max=10**9)
     save_total_limit: Optional[int] = option(2, help="keep only the newest N complete checkpoints; null = all",
                                              min=1, max=10**6)
-    resume: bool = option(True, help="resume from the newest complete checkpoint in output_dir, if any")
+    resume: bool = option(True, help="resume from the newest complete checkpoint in output_dir, if any; one "
+                          "written while training on other data stops the run")
     replica_check_steps: int = option(0, help="data-parallel ranks compare their weights at every checkpoint "
                                       "and at the end; N > 0 also every N steps", min=0, max=10**9)
     push_to_hub: bool = option(False, help="upload the final model to the Hub (needs network and a token)")

@@ -79,7 +79,7 @@ def train(run: Run) -> dict[str, Any]:
     """Measure the answer hit rate (unless resuming), then train from the newest complete checkpoint,
     evaluating before the first step; return the metrics so far."""
     cfg, trainer = run.cfg, run.trainer
-    resume_from = checkpoint.resume_point(cfg)
+    resume_from = checkpoint.resume_point(cfg, run.splits.train)
     metrics = {**outputs.run_facts(run.recipe, resume_from, trainer.args.device), **sft_data.facts(run.splits)}
     if resume_from is None:
         metrics["hit_rate_before"] = sft_data.hit_rate(trainer.model, run.tokenizer, run.splits.hit_rows, cfg, cfg,

@@ -175,7 +175,7 @@ def train(cfg: Config, blocks: Blocks, tokenizer, model_path: str, token: str | 
     trainer = build_trainer(cfg, blocks, tokenizer, model, stop)
 
     # Measure the starting point, then train, resuming from the newest complete checkpoint.
-    resume_from = checkpoint.resume_point(cfg)
+    resume_from = checkpoint.resume_point(cfg, blocks.train)
     metrics = {**outputs.run_facts(RECIPE, resume_from, trainer.args.device), "objective": cfg.objective,
                "block_size": cfg.block_size, **blocks.counts}
     metrics.update(trainer.train_from(resume_from, evaluate_first=resume_from is None and blocks.eval is not None))

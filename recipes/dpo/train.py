@@ -195,7 +195,7 @@ def train(cfg: Config, pairs: Pairs, model_path: str, tokenizer, token: str | No
         trainer.model.print_trainable_parameters()
 
     # Measure the starting point, then train, resuming from the newest complete checkpoint.
-    resume_from = checkpoint.resume_point(cfg)
+    resume_from = checkpoint.resume_point(cfg, pairs.train)
     metrics = {**outputs.run_facts(RECIPE, resume_from, trainer.args.device),
                "train_pairs": len(trainer.train_dataset),
                "eval_pairs": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0}

@@ -126,7 +126,7 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
     collate = functools.partial(sft_data.collate, pad_id=tokenizer.pad_token_id, length=cfg.seq_length)
 
     lm = loading.load_model(model_path, cfg, cfg, token)
-    resume_from = checkpoint.resume_point(cfg)
+    resume_from = checkpoint.resume_point(cfg, splits.train)
     metrics = {**outputs.run_facts(RECIPE, resume_from, device), **sft_data.facts(splits), "schedule": cfg.schedule,
                "n_microbatches": cfg.n_microbatches}
     if resume_from is None:  # rank 0 answers the held-out questions with the whole model (the others wait)

@@ -236,7 +236,7 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOn
     pad_id = tokenizer.pad_token_id
 
     model = loading.load_model(model_path, cfg, cfg, token).to(device)
-    resume_from = checkpoint.resume_point(cfg)
+    resume_from = checkpoint.resume_point(cfg, splits.train)
     state: dict[str, Any] = {"step": 0, "epoch": 0, "position": 0, "world_size": ws, "log_history": []}
     if resume_from is None:  # on the unsharded model: generation runs on rank 0 alone
         state["hit_rate_before"] = sft_data.hit_rate(model, tokenizer, splits.hit_rows, cfg, cfg,

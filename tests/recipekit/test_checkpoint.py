@@ -80,3 +80,37 @@ def test_resume_point_follows_the_resume_key(tmp_path):
     make(tmp_path, 5, True)
     assert checkpoint.resume_point(TrainingOptions(output_dir=str(tmp_path))) == tmp_path / "checkpoint-5"
     assert checkpoint.resume_point(TrainingOptions(output_dir=str(tmp_path), resume=False)) is None
+
+
+def test_data_fingerprint_sees_a_changed_or_added_row_and_array_values():
+    import numpy as np
+
+    rows = [{"text": "a", "ids": np.arange(3)}, {"text": "b", "ids": np.arange(2)}]
+    same = [{"ids": np.arange(3), "text": "a"}, {"text": "b", "ids": np.arange(2)}]
+    assert checkpoint.data_fingerprint(rows) == checkpoint.data_fingerprint(same)
+    assert checkpoint.data_fingerprint(rows) != checkpoint.data_fingerprint([rows[0], {"text": "b", "ids": np.arange(3)}])
+    assert checkpoint.data_fingerprint(rows) != checkpoint.data_fingerprint([*rows, {"text": "c", "ids": np.arange(1)}])
+
+
+def test_resume_point_refuses_a_checkpoint_written_on_other_data(tmp_path):
+    import pytest
+
+    from recipekit.errors import UsageError
+    from recipekit.schema import TrainingOptions
+
+    options = TrainingOptions(output_dir=str(tmp_path))
+    old, new = [{"text": "old"}], [{"text": "new"}]
+    assert checkpoint.resume_point(options, old) is None  # a fresh run: nothing to resume, its data noted
+    make(tmp_path, 5, True)
+    assert checkpoint.resume_point(options, old) == tmp_path / "checkpoint-5"
+    with pytest.raises(UsageError, match=r"^resume: .*checkpoint-5 was written while training on other data"):
+        checkpoint.resume_point(options, new)
+    assert checkpoint.resume_point(TrainingOptions(output_dir=str(tmp_path), resume=False), new) is None
+
+
+def test_a_checkpoint_without_a_data_fingerprint_still_resumes(tmp_path):
+    from recipekit.schema import TrainingOptions
+
+    make(tmp_path, 5, True)
+    (tmp_path / "checkpoint-5" / checkpoint.MARKER).write_text('{"step": 5, "time": 0}\n')  # written before fingerprints
+    assert checkpoint.resume_point(TrainingOptions(output_dir=str(tmp_path)), [{"text": "x"}]) == tmp_path / "checkpoint-5"

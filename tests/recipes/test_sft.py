@@ -117,6 +117,22 @@ def test_rerun_resumes_from_the_newest_complete_checkpoint(lora_run, tmp_path, t
     assert logged_losses(metrics)[:8] == logged_losses(lora_run[2])
 
 
+def test_a_rerun_on_changed_data_stops_instead_of_resuming_and_keeps_the_checkpoints(lora_run, tmp_path, tiny_model,
+                                                                                     small_hotel):
+    out = tmp_path / "changed"
+    shutil.copytree(lora_run[0], out)
+    fewer = tmp_path / "train.jsonl"
+    fewer.write_text("".join(Path(small_hotel["train"]).read_text().splitlines(keepends=True)[:-1]))
+    before = sorted(p.name for p in out.iterdir())
+    refused = run_launcher(*sft_args(out, tiny_model, small_hotel, f"dataset_name={fewer}", "max_steps=10"))
+    assert refused.returncode == 2
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: resume: {out / 'checkpoint-8'} was written while training on other data (the "
+                      "training rows have changed since); give this run a new output_dir, or move that "
+                      "directory's checkpoints away to start over in it"], refused.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
 def test_two_ranks_stay_identical_and_end_where_one_process_does_with_the_same_global_batch(
         tmp_path, tiny_model, small_hotel):
     """2 ranks x 1 row per step against 1 process x 2 accumulated micro-batches of 1 row: the same rows in
