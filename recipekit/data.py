@@ -120,10 +120,9 @@ def split_files(folder: Path, split: str) -> list[Path]:
     answer key); ``datasets``' own folder layout would name ``eval.jsonl`` the test split and
     require every split to have the same columns.
     """
-    found = sorted(f for place in (folder, folder / "data") if place.is_dir() for f in place.iterdir()
-                   if f.is_file() and f.suffix.lower() in FILE_FORMATS
-                   and (f.stem == split or f.stem.startswith((f"{split}-", f"{split}_"))))
-    return found
+    return sorted(f for place in (folder, folder / "data") if place.is_dir() for f in place.iterdir()
+                  if f.is_file() and f.suffix.lower() in FILE_FORMATS
+                  and (f.stem == split or f.stem.startswith((f"{split}-", f"{split}_"))))
 
 
 def load_split(field: str, name: str, split: str, token: str | None = None):

@@ -20,10 +20,10 @@ Every fact has nine training questions and two eval questions. The eval
 questions are worded differently from all training questions (checked after
 lower-casing and stripping punctuation), so eval scores measure whether the
 model learned the fact rather than memorised a prompt. The training questions
-mix plain questions, polite forms ("Could you tell me ...", "Remind me ...") and
-a guest's situation followed by the question, for every fact alike, so no form
-of question points to one fact. A reply counts as
-correct when it contains the fact's ``answer_key`` verbatim.
+mix plain questions, polite forms ("Could you tell me ...", "Remind me ...")
+and a guest's situation followed by the question, for every fact alike, so no
+form of question points to one fact. A reply counts as correct when it
+contains the fact's ``answer_key`` verbatim.
 
 The output is deterministic: running the script twice gives byte-identical
 files.
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-TRAIN_QUESTIONS = 9  # per fact; with six, the demo's held-out hit rate stayed at 88.8% (recipes/sft/README.md)
+TRAIN_QUESTIONS = 9  # per fact; why nine, not six: recipes/sft/README.md, "Measured effect"
 
 
 @dataclass(frozen=True)
