@@ -272,6 +272,9 @@ class FrozenPrefixCache:
 
     Anything else runs the layers as usual: generation (a KV cache), padded batches, inputs given
     as embeddings, or a frozen weight that is changed in place (the cache is emptied) or unfrozen.
+    A change is seen by the weights' version counters, which writes through ``.data`` (PEFT's
+    merge) do not bump: the cache serves training and the evaluation right after it, before any
+    merge.
     """
 
     def __init__(self, decoder, depth: int, max_bytes: int = DEFAULT_MAX_BYTES):
