@@ -477,6 +477,8 @@ def keep_frozen_weight_copies(trainer) -> None:
         try:
             return train(*pargs, **kwargs)
         finally:
+            log.info("frozen weights cast once for all of training: %d Linear layers, %.0f MiB",
+                     len(copies.copies), copies.stored_bytes / 2**20)
             copies.remove()
 
     trainer.train = train_with_copies

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -55,6 +56,13 @@ def lora_run(tmp_path_factory, tiny_model, small_pairs):
     out = tmp_path_factory.mktemp("dpo") / "lora"
     result = dpo(out, tiny_model, small_pairs)
     return out, result, read_metrics(out)
+
+
+def test_bf16_on_cpu_keeps_the_frozen_weights_cast_while_training(tmp_path, tiny_model, small_pairs):
+    result = dpo(tmp_path / "bf16", tiny_model, small_pairs, "bf16=true", "max_steps=2", "save_steps=2")
+    kept = re.findall(r"frozen weights cast once for all of training: (\d+) Linear layers", result.stdout + result.stderr)
+    assert kept and int(kept[0]) > 0  # the base model's projections under the adapters
+    assert read_metrics(tmp_path / "bf16")["global_step"] == 2
 
 
 def completion_logp_margins(model, tokenizer, rows) -> list[float]:
