@@ -25,7 +25,8 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, Literal
 
-from recipekit import checkpoint, data, distributed, entry, evaluate, hub, loading, lora, models, outputs, trainers
+from recipekit import (checkpoint, cpu_speedups, data, distributed, entry, evaluate, hub, loading, lora, models,
+                       outputs, trainers)
 from recipekit.config import option
 from recipekit.errors import DataError, UsageError
 from recipekit.preemption import StopOnSignal
@@ -236,6 +237,7 @@ def build_trainer(cfg: Config, blocks: Blocks, tokenizer, model, stop: StopOnSig
                       train_dataset=blocks.train, eval_dataset=blocks.eval, options=cfg, stop=stop,
                       callbacks=[log_starting_perplexity()])
     trainer.eval_collator = eval_collator
+    cpu_speedups.keep_frozen_weight_copies(trainer)  # while training: frozen weights cast to bf16 once
     return trainer
 
 

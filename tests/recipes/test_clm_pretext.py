@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -113,6 +114,13 @@ def test_rerun_resumes_from_the_newest_complete_checkpoint(lora_run, tmp_path, t
     assert "held-out perplexity before training" not in result.stdout + result.stderr
     assert "skipping checkpoint-12" in result.stderr
     assert (out / "checkpoint-15" / "COMPLETE").is_file() and not (out / "checkpoint-12").exists()
+
+
+def test_bf16_on_cpu_keeps_the_frozen_weights_cast_while_training(tmp_path, tiny_model):
+    result = pretext(tmp_path / "bf16", tiny_model, "bf16=true", "max_steps=2", "save_steps=2")
+    kept = re.findall(r"frozen weights cast once for all of training: (\d+) Linear layers", result.stdout + result.stderr)
+    assert kept and int(kept[0]) > 0  # the base model's projections under the adapters
+    assert read_metrics(tmp_path / "bf16")["global_step"] == 2
 
 
 def test_masked_lm_with_all_weights_on_a_users_own_text_file_with_two_ddp_processes(tmp_path, tiny_encoder):
