@@ -48,16 +48,12 @@ def checkpoints(output_dir: str | Path) -> list[tuple[int, Path, bool]]:
 
 
 def latest_complete(output_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint, logging the choice and every incomplete one skipped."""
-    chosen = None
+    """The newest complete checkpoint, logging every incomplete one skipped."""
     for step, path, complete in reversed(checkpoints(output_dir)):
         if complete:
-            chosen = path
-            break
+            return path
         log.warning("skipping %s: no %s marker (the run stopped while writing it)", path.name, MARKER)
-    if chosen is not None:
-        log.warning("resuming from %s, the newest complete checkpoint", chosen)
-    return chosen
+    return None
 
 
 def data_fingerprint(rows) -> str:
@@ -87,6 +83,8 @@ def resume_point(train: TrainingOptions, data=None) -> Path | None:
             raise UsageError(f"resume: {chosen} was written while training on other data (the training rows "
                              f"have changed since); give this run a new output_dir, or move that directory's "
                              f"checkpoints away to start over in it")
+    if chosen is not None:
+        log.warning("resuming from %s, the newest complete checkpoint", chosen)
     return chosen
 
 
