@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -104,3 +105,9 @@ def read_metrics(output_dir: Path) -> dict:
 
 def logged_losses(metrics: dict) -> list[float]:
     return [row["loss"] for row in metrics["log_history"] if "loss" in row]
+
+
+def frozen_weight_copies_kept(result: subprocess.CompletedProcess) -> list[int]:
+    """The Linear layers each training loop of a run kept cast (``cpu_speedups.keep_frozen_weight_copies``'s log)."""
+    return [int(n) for n in re.findall(r"frozen weights cast once for all of training: (\d+) Linear layers",
+                                       result.stdout + result.stderr)]
