@@ -108,6 +108,12 @@ def logged_losses(metrics: dict) -> list[float]:
 
 
 def frozen_weight_copies_kept(result: subprocess.CompletedProcess) -> list[int]:
-    """The Linear layers each training loop of a run kept cast (``cpu_speedups.keep_frozen_weight_copies``'s log)."""
+    """The Linear layers each training loop of a run kept cast (``cpu_speedups.speed_up_training``'s log)."""
     return [int(n) for n in re.findall(r"frozen weights cast once for all of training: (\d+) Linear layers",
                                        result.stdout + result.stderr)]
+
+
+def lora_layers_fused(result: subprocess.CompletedProcess) -> list[tuple[int, int]]:
+    """(fused, all) LoRA layers of each training loop of a run (``cpu_speedups.speed_up_training``'s log)."""
+    return [(int(a), int(b)) for a, b in re.findall(r"LoRA updates fused into the base matmul: (\d+) of (\d+)",
+                                                    result.stdout + result.stderr)]

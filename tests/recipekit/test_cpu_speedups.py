@@ -328,7 +328,7 @@ def test_reused_outputs_under_gradient_checkpointing_give_the_same_grads(lora_on
     assert (cache.hits, cache.misses) == (1, 1)
 
 
-# --- frozen_weight_copies -----------------------------------------------------------------------------------------
+# --- frozen_weight_copies, fused_lora -----------------------------------------------------------------------------
 
 @pytest.fixture()
 def lora_everywhere(tiny_model):
@@ -399,7 +399,38 @@ def test_frozen_weight_copies_stop_at_the_byte_budget_and_the_rest_are_cast_per_
     assert 0 < len(copies.copies) < len(copies.modules) and copies.stored_bytes <= copies.max_bytes
 
 
-def test_the_copies_are_kept_for_train_only_even_when_it_raises(lora_everywhere):
+def test_fused_lora_matches_pefts_forward_within_bf16_rounding_and_runs_instead_of_it(lora_everywhere, monkeypatch):
+    import torch
+    from peft.tuners.lora.layer import Linear
+
+    model, batch = lora_everywhere, packed(A, B, C)
+    expected = bf16_loss_and_grads(model, batch)
+    fused = cpu_speedups.FusedLora(model)
+    assert len(fused.modules) == 7 * 2
+    peft_calls = []
+    peft_forward = Linear.forward
+    monkeypatch.setattr(Linear, "forward", lambda self, *a, **k: peft_calls.append(1) or peft_forward(self, *a, **k))
+    fused.install()
+    got = bf16_loss_and_grads(model, batch)
+    assert peft_calls == [] and len(fused.used) == len(fused.modules)  # every adapted layer took the fused path
+    # The update is added inside one matmul and rounded once, not three times: bf16-close, not equal.
+    torch.testing.assert_close(got[0], expected[0], rtol=2e-2, atol=2e-2)
+    for name in expected[1]:
+        torch.testing.assert_close(got[1][name], expected[1][name], rtol=5e-2, atol=1e-3, msg=name)
+    assert all(g.abs().sum() > 0 for g in got[1].values())  # lora_A and lora_B both get gradients
+
+    with torch.no_grad():
+        model(**batch)  # float32, no autocast: PEFT's own forward
+    assert len(peft_calls) == len(fused.modules)
+    model.merge_adapter()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(**batch)  # merged adapters: PEFT's own forward
+    assert len(peft_calls) == 2 * len(fused.modules)
+    fused.remove()
+    assert not any("forward" in vars(m) for m in fused.modules) and not fused.used
+
+
+def test_the_training_paths_are_installed_for_train_only_even_when_it_raises(lora_everywhere, monkeypatch):
     import torch
 
     model = lora_everywhere
@@ -411,16 +442,25 @@ def test_the_copies_are_kept_for_train_only_even_when_it_raises(lora_everywhere)
 
     trainer = SimpleNamespace(args=SimpleNamespace(bf16=True, fp16=False, device=torch.device("cpu")),
                               model=model, train=train)
-    cpu_speedups.keep_frozen_weight_copies(trainer)
+    cpu_speedups.speed_up_training(trainer)
     with pytest.raises(RuntimeError, match="stopped"):
         trainer.train()
-    assert seen == [["partial"] * 15]  # 14 base layers and the LM head
+    assert seen == [["partial"] * (15 + 14)]  # 14 base layers and the LM head (copies), 14 LoRA layers (fused)
     assert not any("forward" in vars(m) for m in model.modules())
     for args in (SimpleNamespace(bf16=False, fp16=False, device=torch.device("cpu")),  # float32: nothing to cast
                  SimpleNamespace(bf16=True, fp16=False, device=torch.device("cuda", 0))):
         untouched = SimpleNamespace(args=args, model=model, train=train)
-        cpu_speedups.keep_frozen_weight_copies(untouched)
+        cpu_speedups.speed_up_training(untouched)
         assert untouched.train is train
+    for path, count in (("fused_lora", 15), ("frozen_weight_copies", 14)):  # each path switches off alone
+        seen.clear()
+        monkeypatch.setattr(cpu_speedups, "switched_off", {path})
+        trainer = SimpleNamespace(args=SimpleNamespace(bf16=True, fp16=False, device=torch.device("cpu")),
+                                  model=model, train=train)
+        cpu_speedups.speed_up_training(trainer)
+        with pytest.raises(RuntimeError, match="stopped"):
+            trainer.train()
+        assert seen == [["partial"] * count]
 
 
 # --- the switch and the private API each path leans on -----------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import frozen_weight_copies_kept, logged_losses, read_metrics, run_launcher
+from tests.conftest import frozen_weight_copies_kept, logged_losses, lora_layers_fused, read_metrics, run_launcher
 
 pytestmark = pytest.mark.slow(minutes=1)  # trains real models; make test starts the longest first
 
@@ -115,10 +115,12 @@ def test_rerun_resumes_from_the_newest_complete_checkpoint(lora_run, tmp_path, t
     assert (out / "checkpoint-15" / "COMPLETE").is_file() and not (out / "checkpoint-12").exists()
 
 
-def test_bf16_on_cpu_keeps_the_frozen_weights_cast_while_training(tmp_path, tiny_model):
+def test_bf16_on_cpu_keeps_the_frozen_weights_cast_and_fuses_lora_while_training(tmp_path, tiny_model):
     result = pretext(tmp_path / "bf16", tiny_model, "bf16=true", "max_steps=2", "save_steps=2")
     kept = frozen_weight_copies_kept(result)
     assert kept and kept[0] > 0  # the base model's projections under the adapters
+    fused, = lora_layers_fused(result)
+    assert fused[0] == fused[1] > 0  # every LoRA layer added its update inside the base matmul
     assert read_metrics(tmp_path / "bf16")["global_step"] == 2
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_SEQ_LENGTH, logged_losses, read_metrics, run_launcher
+from tests.conftest import (TINY_SEQ_LENGTH, frozen_weight_copies_kept, logged_losses, lora_layers_fused, read_metrics,
+                            run_launcher)
 
 
 pytestmark = pytest.mark.slow(minutes=2)  # trains real models; make test starts the longest first
@@ -251,6 +252,15 @@ def test_a_file_of_no_known_format_is_one_error_before_anything_loads(tmp_path):
                            "Each format needs: messages: messages; sharegpt: conversations; alpaca: instruction, "
                            "output (+ input, system); prompt_completion: prompt, completion; text: text")
     assert not out.exists()
+
+
+def test_bf16_on_cpu_keeps_the_frozen_weights_cast_and_fuses_lora_while_training(tmp_path, tiny_model, small_hotel):
+    result = sft(tmp_path / "bf16", tiny_model, small_hotel, "bf16=true", "max_steps=2", "save_steps=2",
+                 "merge_adapter=false")
+    kept, = frozen_weight_copies_kept(result)
+    fused, = lora_layers_fused(result)
+    assert kept > 0 and fused[0] == fused[1] > 0  # the base projections cast once; every LoRA layer fused
+    assert read_metrics(tmp_path / "bf16")["global_step"] == 2
 
 
 @pytest.mark.gpu
