@@ -538,7 +538,7 @@ def speed_up_training(trainer) -> None:
             if copies is not None:
                 log.info("frozen weights cast once for all of training: %d Linear layers, %.0f MiB",
                          len(copies.copies), copies.stored_bytes / 2**20)
-            if fused is not None:
+            if fused is not None and fused.modules:
                 log.info("LoRA updates fused into the base matmul: %d of %d LoRA layers", len(fused.used),
                          len(fused.modules))
             for path in (fused, copies):
