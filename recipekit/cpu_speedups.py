@@ -517,9 +517,10 @@ class FusedLora:
         return out.view(result.shape)
 
 
-def speed_up_training(trainer) -> None:
-    """Make ``trainer.train()`` run with the training-only CPU paths (``FrozenWeightCopies``, ``FusedLora``)
-    installed on its model when it trains on a CPU in bf16 or fp16, and removed when it returns or raises."""
+def speed_up_training(trainer, fuse_lora: bool = True) -> None:
+    """Make ``trainer.train()`` run with the training-only CPU paths (``FrozenWeightCopies``, and ``FusedLora``
+    unless ``fuse_lora`` is false) installed on its model when it trains on a CPU in bf16 or fp16, and removed
+    when it returns or raises."""
     args = trainer.args
     if not (args.bf16 or args.fp16) or getattr(args.device, "type", args.device) != "cpu":
         return
@@ -528,7 +529,7 @@ def speed_up_training(trainer) -> None:
     @functools.wraps(train)
     def train_with_fast_paths(*pargs, **kwargs):
         copies = FrozenWeightCopies(trainer.model) if enabled("frozen_weight_copies", args.device) else None
-        fused = FusedLora(trainer.model) if enabled("fused_lora", args.device) else None
+        fused = FusedLora(trainer.model) if fuse_lora and enabled("fused_lora", args.device) else None
         for path in (copies, fused):
             if path is not None:
                 path.install()

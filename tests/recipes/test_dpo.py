@@ -57,12 +57,11 @@ def lora_run(tmp_path_factory, tiny_model, small_pairs):
     return out, result, read_metrics(out)
 
 
-def test_bf16_on_cpu_keeps_the_frozen_weights_cast_and_fuses_lora_while_training(tmp_path, tiny_model, small_pairs):
+def test_bf16_on_cpu_keeps_the_frozen_weights_cast_while_training(tmp_path, tiny_model, small_pairs):
     result = dpo(tmp_path / "bf16", tiny_model, small_pairs, "bf16=true", "max_steps=2", "save_steps=2")
     kept = frozen_weight_copies_kept(result)
     assert kept and kept[0] > 0  # the base model's projections under the adapters
-    fused, = lora_layers_fused(result)
-    assert fused[0] == fused[1] > 0  # every LoRA layer added its update inside the base matmul
+    assert lora_layers_fused(result) == []  # PEFT's own LoRA forward: the fused one did not pay for dpo
     assert read_metrics(tmp_path / "bf16")["global_step"] == 2
 
 
