@@ -522,14 +522,16 @@ def speed_up_training(trainer, fuse_lora: bool = True) -> None:
     unless ``fuse_lora`` is false) installed on its model when it trains on a CPU in bf16 or fp16, and removed
     when it returns or raises."""
     args = trainer.args
-    if not (args.bf16 or args.fp16) or getattr(args.device, "type", args.device) != "cpu":
+    keep_copies = enabled("frozen_weight_copies", args.device)
+    fuse_lora = fuse_lora and enabled("fused_lora", args.device)
+    if not (args.bf16 or args.fp16) or not (keep_copies or fuse_lora):
         return
     train = trainer.train
 
     @functools.wraps(train)
     def train_with_fast_paths(*pargs, **kwargs):
-        copies = FrozenWeightCopies(trainer.model) if enabled("frozen_weight_copies", args.device) else None
-        fused = FusedLora(trainer.model) if fuse_lora and enabled("fused_lora", args.device) else None
+        copies = FrozenWeightCopies(trainer.model) if keep_copies else None
+        fused = FusedLora(trainer.model) if fuse_lora else None
         for path in (copies, fused):
             if path is not None:
                 path.install()
