@@ -22,6 +22,8 @@ transformers, TRL or torch it leans on, so an upgrade that moves that API fails 
 - ``fused_lora`` (``FusedLora``): in training, a LoRA Linear's update added by one ``addmm`` with the scaling
   folded into ``lora_B``, and its input cast to the autocast dtype once (PEFT's ``LoraLayer`` attributes:
   ``lora_A``, ``lora_B``, ``lora_dropout``, ``scaling``, ``lora_variant``, ``merged``, ``disable_adapters``).
+- ``heap_reuse`` (``HeapReuse``): in training, glibc's malloc keeps freed memory for reuse instead of
+  unmapping it (``mallopt``'s ``M_MMAP_MAX`` and ``M_TRIM_THRESHOLD``, ``malloc_trim``; glibc only).
 
 docs/benchmarks.md has what each path measured.
 """
@@ -38,7 +40,7 @@ from recipekit.data import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 PATHS = ("plain_loss", "trained_positions", "document_attention", "frozen_prefix", "plain_lm_head",
-         "cached_weight_casts", "frozen_weight_copies", "fused_lora")
+         "cached_weight_casts", "frozen_weight_copies", "fused_lora", "heap_reuse")
 switched_off: set[str] = set()  # the benchmark's ablation rows switch single paths off (bench/ours.py)
 
 
@@ -517,21 +519,75 @@ class FusedLora:
         return out.view(result.shape)
 
 
+# --- heap_reuse --------------------------------------------------------------------------------------------------
+
+@functools.cache
+def glibc():
+    """The process's C library through ctypes if it is glibc (``mallopt`` and ``malloc_trim`` as documented
+    there), else None."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version, libc.mallopt, libc.malloc_trim  # noqa: B018 - AttributeError if not glibc
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+class HeapReuse:
+    """While training on a CPU, glibc's malloc keeps freed memory for the next allocation instead of unmapping it.
+
+    glibc serves an allocation of 32 MiB or more (and smaller ones past its adaptive threshold) with a
+    fresh ``mmap`` and unmaps it when it is freed, so a tensor that size made in every micro-batch (the LM
+    head's float32 logits, their log-softmax and gradients) is faulted in and zeroed by the kernel page by
+    page every time. Here ``mallopt`` turns those mmaps and the trimming of the heap's top off, so freed
+    blocks stay in the heap and the next micro-batch reuses them. ``remove`` restores glibc's defaults
+    and gives the free memory back (``malloc_trim``). Not glibc: nothing happens.
+    """
+
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # <malloc.h>
+    KEEP = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 2**31 - 1}  # mallopt takes an int
+    GLIBC_DEFAULTS = {M_MMAP_MAX: 65536, M_TRIM_THRESHOLD: 128 * 1024}
+
+    def __init__(self):
+        self.installed = False
+
+    def install(self) -> bool:
+        libc = glibc()
+        if libc is not None:
+            self.installed = all([libc.mallopt(param, value) == 1 for param, value in self.KEEP.items()])
+        return self.installed
+
+    def remove(self) -> None:
+        libc = glibc()
+        if libc is not None:
+            for param, value in self.GLIBC_DEFAULTS.items():
+                libc.mallopt(param, value)
+            libc.malloc_trim(0)
+        self.installed = False
+
+
 def speed_up_training(trainer, fuse_lora: bool = True) -> None:
-    """Make ``trainer.train()`` run with the training-only CPU paths (``FrozenWeightCopies``, and ``FusedLora``
-    unless ``fuse_lora`` is false) installed on its model when it trains on a CPU in bf16 or fp16, and removed
-    when it returns or raises."""
+    """Make ``trainer.train()`` run with the training-only CPU paths installed when it trains on a CPU, and removed
+    when it returns or raises: ``HeapReuse``, and in bf16 or fp16 ``FrozenWeightCopies`` and ``FusedLora``
+    (unless ``fuse_lora`` is false)."""
     args = trainer.args
-    keep_copies = enabled("frozen_weight_copies", args.device)
-    fuse_lora = fuse_lora and enabled("fused_lora", args.device)
-    if not (args.bf16 or args.fp16) or not (keep_copies or fuse_lora):
+    low_precision = args.bf16 or args.fp16
+    reuse_heap = enabled("heap_reuse", args.device)
+    keep_copies = low_precision and enabled("frozen_weight_copies", args.device)
+    fuse_lora = fuse_lora and low_precision and enabled("fused_lora", args.device)
+    if not (reuse_heap or keep_copies or fuse_lora):
         return
     train = trainer.train
 
     @functools.wraps(train)
     def train_with_fast_paths(*pargs, **kwargs):
+        heap = HeapReuse() if reuse_heap else None
         copies = FrozenWeightCopies(trainer.model) if keep_copies else None
         fused = FusedLora(trainer.model) if fuse_lora else None
+        if heap is not None and heap.install():
+            log.info("freed memory kept by malloc for reuse while training (no mmap, no trim)")
         for path in (copies, fused):
             if path is not None:
                 path.install()
@@ -544,7 +600,7 @@ def speed_up_training(trainer, fuse_lora: bool = True) -> None:
             if fused is not None and fused.modules:
                 log.info("LoRA updates fused into the base matmul: %d of %d LoRA layers", len(fused.used),
                          len(fused.modules))
-            for path in (fused, copies):
+            for path in (fused, copies, heap):
                 if path is not None:
                     path.remove()
 

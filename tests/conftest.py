@@ -113,6 +113,11 @@ def frozen_weight_copies_kept(result: subprocess.CompletedProcess) -> list[int]:
                                        result.stdout + result.stderr)]
 
 
+def heap_kept_for_reuse(result: subprocess.CompletedProcess) -> int:
+    """How many training loops of a run kept freed memory for reuse (``cpu_speedups.speed_up_training``'s log)."""
+    return (result.stdout + result.stderr).count("freed memory kept by malloc for reuse while training")
+
+
 def lora_layers_fused(result: subprocess.CompletedProcess) -> list[tuple[int, int]]:
     """(fused, all) LoRA layers of each training loop of a run (``cpu_speedups.speed_up_training``'s log)."""
     return [(int(a), int(b)) for a, b in re.findall(r"LoRA updates fused into the base matmul: (\d+) of (\d+)",

@@ -447,12 +447,11 @@ def test_the_training_paths_are_installed_for_train_only_even_when_it_raises(lor
         trainer.train()
     assert seen == [["partial"] * (15 + 14)]  # 14 base layers and the LM head (copies), 14 LoRA layers (fused)
     assert not any("forward" in vars(m) for m in model.modules())
-    for args in (SimpleNamespace(bf16=False, fp16=False, device=torch.device("cpu")),  # float32: nothing to cast
-                 SimpleNamespace(bf16=True, fp16=False, device=torch.device("cuda", 0))):
-        untouched = SimpleNamespace(args=args, model=model, train=train)
-        cpu_speedups.speed_up_training(untouched)
-        assert untouched.train is train
-    for path, count in (("fused_lora", 15), ("frozen_weight_copies", 14)):  # each path switches off alone
+    on_gpu = SimpleNamespace(args=SimpleNamespace(bf16=True, fp16=False, device=torch.device("cuda", 0)),
+                             model=model, train=train)
+    cpu_speedups.speed_up_training(on_gpu)
+    assert on_gpu.train is train
+    for path, count in (("fused_lora", 15), ("frozen_weight_copies", 14), ("heap_reuse", 15 + 14)):  # each alone
         seen.clear()
         monkeypatch.setattr(cpu_speedups, "switched_off", {path})
         trainer = SimpleNamespace(args=SimpleNamespace(bf16=True, fp16=False, device=torch.device("cpu")),
@@ -461,6 +460,50 @@ def test_the_training_paths_are_installed_for_train_only_even_when_it_raises(lor
         with pytest.raises(RuntimeError, match="stopped"):
             trainer.train()
         assert seen == [["partial"] * count]
+    heap_only = {"fused_lora", "frozen_weight_copies"}
+    for args, switched_off in ((SimpleNamespace(bf16=False, fp16=False, device=torch.device("cpu")), set()),  # float32
+                               (SimpleNamespace(bf16=True, fp16=False, device=torch.device("cpu")), heap_only)):
+        monkeypatch.setattr(cpu_speedups, "switched_off", switched_off)
+        seen.clear()
+        heap_only_run = SimpleNamespace(args=args, model=model, train=train)
+        cpu_speedups.speed_up_training(heap_only_run)
+        assert heap_only_run.train is not train  # the heap is kept for reuse; no forward is replaced
+        with pytest.raises(RuntimeError, match="stopped"):
+            heap_only_run.train()
+        assert seen == [[]]
+    monkeypatch.setattr(cpu_speedups, "switched_off", heap_only | {"heap_reuse"})
+    nothing_on = SimpleNamespace(args=SimpleNamespace(bf16=True, fp16=False, device=torch.device("cpu")),
+                                 model=model, train=train)
+    cpu_speedups.speed_up_training(nothing_on)
+    assert nothing_on.train is train
+
+
+def test_heap_reuse_stops_large_blocks_being_faulted_in_afresh_at_every_allocation():
+    """A 48 MiB tensor made again and again: with glibc's defaults each one is a fresh mmap whose pages the
+    kernel faults in (and zeroes) one by one; while HeapReuse is installed the freed block is reused, and
+    once it is removed the defaults are back."""
+    import resource
+
+    import torch
+
+    def page_faults(allocations: int = 8) -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(allocations):
+            torch.empty(48 * 2**20, dtype=torch.uint8).fill_(1)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    assert cpu_speedups.glibc() is not None  # the image and CI run Debian
+    stock = page_faults()
+    heap = cpu_speedups.HeapReuse()
+    assert heap.install()
+    try:
+        page_faults()  # the heap grows until freed blocks fit the next aligned request
+        reused = page_faults()
+    finally:
+        heap.remove()
+    restored = page_faults()
+    assert stock >= 8 and restored >= 8  # at least one fault per allocation, even with transparent huge pages
+    assert reused * 10 < stock and reused * 10 < restored
 
 
 # --- the switch and the private API each path leans on -----------------------------------------------------------

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (TINY_SEQ_LENGTH, frozen_weight_copies_kept, logged_losses, lora_layers_fused, read_metrics,
-                            run_launcher)
+from tests.conftest import (TINY_SEQ_LENGTH, frozen_weight_copies_kept, heap_kept_for_reuse, logged_losses,
+                            lora_layers_fused, read_metrics, run_launcher)
 
 
 pytestmark = pytest.mark.slow(minutes=2)  # trains real models; make test starts the longest first
@@ -260,6 +260,7 @@ def test_bf16_on_cpu_keeps_the_frozen_weights_cast_and_fuses_lora_while_training
     kept, = frozen_weight_copies_kept(result)
     fused, = lora_layers_fused(result)
     assert kept > 0 and fused[0] == fused[1] > 0  # the base projections cast once; every LoRA layer fused
+    assert heap_kept_for_reuse(result) == 1
     assert read_metrics(tmp_path / "bf16")["global_step"] == 2
 
 
