@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import frozen_weight_copies_kept, logged_losses, lora_layers_fused, read_metrics, run_launcher
+from tests.conftest import (frozen_weight_copies_kept, heap_kept_for_reuse, logged_losses, lora_layers_fused, read_metrics,
+                            run_launcher)
 
 pytestmark = pytest.mark.slow(minutes=1)  # trains real models; make test starts the longest first
 
@@ -121,6 +122,7 @@ def test_bf16_on_cpu_keeps_the_frozen_weights_cast_and_fuses_lora_while_training
     assert kept and kept[0] > 0  # the base model's projections under the adapters
     fused, = lora_layers_fused(result)
     assert fused[0] == fused[1] > 0  # every LoRA layer added its update inside the base matmul
+    assert heap_kept_for_reuse(result) == 1
     assert read_metrics(tmp_path / "bf16")["global_step"] == 2
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import frozen_weight_copies_kept, logged_losses, lora_layers_fused, read_metrics, run_launcher
+from tests.conftest import (frozen_weight_copies_kept, heap_kept_for_reuse, logged_losses, lora_layers_fused, read_metrics,
+                            run_launcher)
 
 pytestmark = pytest.mark.slow(minutes=1)  # trains real models; make test starts the longest first
 
@@ -62,6 +63,7 @@ def test_bf16_on_cpu_keeps_the_frozen_weights_cast_while_training(tmp_path, tiny
     kept = frozen_weight_copies_kept(result)
     assert kept and kept[0] > 0  # the base model's projections under the adapters
     assert lora_layers_fused(result) == []  # PEFT's own LoRA forward: the fused one did not pay for dpo
+    assert heap_kept_for_reuse(result) == 1
     assert read_metrics(tmp_path / "bf16")["global_step"] == 2
 
 
