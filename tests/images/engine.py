@@ -11,6 +11,7 @@ Dockerfile and images/build.sh know nothing of it, and on an ordinary machine it
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
@@ -79,6 +80,7 @@ def environment() -> dict[str, str]:
     if "rlimit" not in probe.stderr:
         raise RuntimeError(f"podman cannot run a container here: {probe.stderr.strip()}")
     folder = Path(tempfile.mkdtemp(prefix="ft-recipes-oci-shim-"))
+    atexit.register(shutil.rmtree, folder, True)  # the shim serves every podman call of this process
     shim = folder / "runc"
     shim.write_text(SHIM.replace("RUNC", json.dumps(shutil.which("runc"))))
     shim.chmod(0o755)

@@ -50,6 +50,7 @@ def oci_cluster():
         else:
             os.environ["SLURM_CONF"] = previous
         subprocess.run(["bash", str(CLUSTER), "stop"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
