@@ -191,7 +191,8 @@ def train(cfg: Config, pairs: Pairs, model_path: str, tokenizer, token: str | No
         callbacks=[evaluate.keep_in_history(before_row)],
     )
     cpu_speedups.use_plain_lm_head(trainer, peft=cfg.use_peft)
-    # While training: frozen weights cast once; PEFT's own LoRA forward, as the fused one did not pay here (README).
+    # While training: heap reused, frozen weights cast once; PEFT's own LoRA forward, as the fused one did not pay
+    # here (README).
     cpu_speedups.speed_up_training(trainer, fuse_lora=False)
     if cfg.use_peft and distributed.is_main():
         trainer.model.print_trainable_parameters()

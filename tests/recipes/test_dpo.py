@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (frozen_weight_copies_kept, heap_kept_for_reuse, logged_losses, lora_layers_fused, read_metrics,
-                            run_launcher)
+from tests.conftest import (frozen_weight_copies_kept, heap_kept_for_reuse, logged_losses, lora_layers_fused,
+                            read_metrics, run_launcher)
 
 pytestmark = pytest.mark.slow(minutes=1)  # trains real models; make test starts the longest first
 
