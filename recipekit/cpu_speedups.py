@@ -22,8 +22,9 @@ transformers, TRL or torch it leans on, so an upgrade that moves that API fails 
 - ``fused_lora`` (``FusedLora``): in training, a LoRA Linear's update added by one ``addmm`` with the scaling
   folded into ``lora_B``, and its input cast to the autocast dtype once (PEFT's ``LoraLayer`` attributes:
   ``lora_A``, ``lora_B``, ``lora_dropout``, ``scaling``, ``lora_variant``, ``merged``, ``disable_adapters``).
-- ``heap_reuse`` (``HeapReuse``): in training, glibc's malloc keeps freed memory for reuse instead of
-  unmapping it (``mallopt``'s ``M_MMAP_MAX`` and ``M_TRIM_THRESHOLD``, ``malloc_trim``; glibc only).
+- ``heap_reuse`` (``HeapReuse``): in training (a Trainer's through ``speed_up_training``, a hand-written loop's
+  through ``heap_kept_for_reuse``), glibc's malloc keeps freed memory for reuse instead of unmapping it
+  (``mallopt``'s ``M_MMAP_MAX`` and ``M_TRIM_THRESHOLD``, ``malloc_trim``; glibc only).
 
 docs/benchmarks.md has what each path measured.
 """
@@ -568,12 +569,26 @@ class HeapReuse:
         self.installed = False
 
 
-def speed_up_training(trainer, fuse_lora: bool = True) -> None:
+@contextlib.contextmanager
+def heap_kept_for_reuse(device):
+    """``HeapReuse`` for the length of the block when ``device`` is a CPU: a hand-written training loop's share of
+    ``speed_up_training``."""
+    heap = HeapReuse() if enabled("heap_reuse", device) else None
+    if heap is not None and heap.install():
+        log.info("freed memory kept by malloc for reuse while training (no mmap, no trim)")
+    try:
+        yield
+    finally:
+        if heap is not None:
+            heap.remove()
+
+
+def speed_up_training(trainer, fuse_lora: bool = True, model_paths: bool = True) -> None:
     """Make ``trainer.train()`` run with the training-only CPU paths installed when it trains on a CPU, and removed
     when it returns or raises: ``HeapReuse``, and in bf16 or fp16 ``FrozenWeightCopies`` and ``FusedLora``
-    (unless ``fuse_lora`` is false)."""
+    (unless ``fuse_lora`` is false). Without ``model_paths`` (a model wrapped by DeepSpeed) only the heap."""
     args = trainer.args
-    low_precision = args.bf16 or args.fp16
+    low_precision = (args.bf16 or args.fp16) and model_paths
     reuse_heap = enabled("heap_reuse", args.device)
     keep_copies = low_precision and enabled("frozen_weight_copies", args.device)
     fuse_lora = fuse_lora and low_precision and enabled("fused_lora", args.device)
@@ -583,26 +598,24 @@ def speed_up_training(trainer, fuse_lora: bool = True) -> None:
 
     @functools.wraps(train)
     def train_with_fast_paths(*pargs, **kwargs):
-        heap = HeapReuse() if reuse_heap else None
         copies = FrozenWeightCopies(trainer.model) if keep_copies else None
         fused = FusedLora(trainer.model) if fuse_lora else None
-        if heap is not None and heap.install():
-            log.info("freed memory kept by malloc for reuse while training (no mmap, no trim)")
-        for path in (copies, fused):
-            if path is not None:
-                path.install()
-        try:
-            return train(*pargs, **kwargs)
-        finally:
-            if copies is not None:
-                log.info("frozen weights cast once for all of training: %d Linear layers, %.0f MiB",
-                         len(copies.copies), copies.stored_bytes / 2**20)
-            if fused is not None and fused.modules:
-                log.info("LoRA updates fused into the base matmul: %d of %d LoRA layers", len(fused.used),
-                         len(fused.modules))
-            for path in (fused, copies, heap):
+        with heap_kept_for_reuse(args.device):
+            for path in (copies, fused):
                 if path is not None:
-                    path.remove()
+                    path.install()
+            try:
+                return train(*pargs, **kwargs)
+            finally:
+                if copies is not None:
+                    log.info("frozen weights cast once for all of training: %d Linear layers, %.0f MiB",
+                             len(copies.copies), copies.stored_bytes / 2**20)
+                if fused is not None and fused.modules:
+                    log.info("LoRA updates fused into the base matmul: %d of %d LoRA layers", len(fused.used),
+                             len(fused.modules))
+                for path in (fused, copies):
+                    if path is not None:
+                        path.remove()
 
     trainer.train = train_with_fast_paths
 

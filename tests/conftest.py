@@ -113,9 +113,11 @@ def frozen_weight_copies_kept(result: subprocess.CompletedProcess) -> list[int]:
                                        result.stdout + result.stderr)]
 
 
-def heap_kept_for_reuse(result: subprocess.CompletedProcess) -> int:
-    """How many training loops of a run kept freed memory for reuse (``cpu_speedups.speed_up_training``'s log)."""
-    return (result.stdout + result.stderr).count("freed memory kept by malloc for reuse while training")
+def heap_kept_for_reuse(result: subprocess.CompletedProcess | str) -> int:
+    """How many training loops of a run (or its output) kept freed memory for reuse (the log line of
+    ``cpu_speedups.heap_kept_for_reuse``)."""
+    output = result if isinstance(result, str) else result.stdout + result.stderr
+    return output.count("freed memory kept by malloc for reuse while training")
 
 
 def lora_layers_fused(result: subprocess.CompletedProcess) -> list[tuple[int, int]]:

@@ -26,8 +26,8 @@ from typing import Literal, Optional
 import torch
 import torch.distributed as dist
 
-from recipekit import (checkpoint, distributed, entry, hub, loading, loop, models, optim, outputs, pipelining,
-                       progress, replicas, sft_data, updates)
+from recipekit import (checkpoint, cpu_speedups, distributed, entry, hub, loading, loop, models, optim, outputs,
+                       pipelining, progress, replicas, sft_data, updates)
 from recipekit.config import option
 from recipekit.data import IGNORE_INDEX
 from recipekit.errors import Preempted, UsageError
@@ -197,44 +197,45 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
         state["log_history"].append({"step": 0, "eval_loss": before})
     history, step, run_losses, started = state["log_history"], state["global_step"], [], time.time()
     meter = progress.Meter(step)
-    while step < total_steps:
-        indices = stream_indices(len(train_rows), cfg.seed, state["samples_seen"], step_rows)
-        batch = collate(train_rows.select(indices).to_list())
-        meter.add(int(batch["attention_mask"].sum()))
-        loss_fn.denominator = max(loop.label_tokens(batch["labels"]), 1)
-        losses: list = []
-        for part in range(cfg.gradient_accumulation_steps):
-            rows, part_losses = slice(part * cfg.batch_size, (part + 1) * cfg.batch_size), []
-            run_batch({k: v[rows] for k, v in batch.items()}, part_losses, backward=True)
-            losses += part_losses  # the schedule refills the list it is given on every call
-        if tie_group is not None:
-            dist.all_reduce((stage.model.embed_tokens if first else stage.lm_head).weight.grad, group=tie_group)
-        grad_norm = pipelining.clip_global_grad_norm(owned, list(stage.parameters()), cfg.max_grad_norm, device)
-        lr = scheduler.get_last_lr()[0]
-        first_update.before(optimizer, stage)
-        optimizer.step()
-        first_update.after(optimizer)
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step, state["samples_seen"] = step + 1, state["samples_seen"] + step_rows
-        loss = from_last_stage(float(sum(float(x.detach()) for x in losses)))
-        run_losses.append(loss)
-        if step == 1 or step % cfg.logging_steps == 0 or step == total_steps:
-            history.append({"step": step, "epoch": state["samples_seen"] / len(train_rows), "loss": loss,
-                            "grad_norm": grad_norm, "learning_rate": lr})
-            log.info(meter.line(step, total_steps, history[-1]))
-        state["global_step"] = step
-        stopping = stop.agreed()
-        saving = stopping or step % cfg.save_steps == 0
-        if tie_group is not None and (first or last) and replicas.due(step, cfg.replica_check_steps,
-                                                                      saving or step == total_steps):
-            # The two copies of the tied weight must stay equal, as replicas of data parallelism must.
-            replicas.check([tied_weight], step, what="tied embedding / LM head", group=tie_group)
-            checked.append(step)
-        if saving:
-            save_checkpoint(cfg, state, stage, optimizer, scheduler, rank, counts)
-        if stopping:
-            raise Preempted(f"checkpoint saved at step {step}")
+    with cpu_speedups.heap_kept_for_reuse(device):  # freed memory reused, not unmapped, on a CPU
+        while step < total_steps:
+            indices = stream_indices(len(train_rows), cfg.seed, state["samples_seen"], step_rows)
+            batch = collate(train_rows.select(indices).to_list())
+            meter.add(int(batch["attention_mask"].sum()))
+            loss_fn.denominator = max(loop.label_tokens(batch["labels"]), 1)
+            losses: list = []
+            for part in range(cfg.gradient_accumulation_steps):
+                rows, part_losses = slice(part * cfg.batch_size, (part + 1) * cfg.batch_size), []
+                run_batch({k: v[rows] for k, v in batch.items()}, part_losses, backward=True)
+                losses += part_losses  # the schedule refills the list it is given on every call
+            if tie_group is not None:
+                dist.all_reduce((stage.model.embed_tokens if first else stage.lm_head).weight.grad, group=tie_group)
+            grad_norm = pipelining.clip_global_grad_norm(owned, list(stage.parameters()), cfg.max_grad_norm, device)
+            lr = scheduler.get_last_lr()[0]
+            first_update.before(optimizer, stage)
+            optimizer.step()
+            first_update.after(optimizer)
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step, state["samples_seen"] = step + 1, state["samples_seen"] + step_rows
+            loss = from_last_stage(float(sum(float(x.detach()) for x in losses)))
+            run_losses.append(loss)
+            if step == 1 or step % cfg.logging_steps == 0 or step == total_steps:
+                history.append({"step": step, "epoch": state["samples_seen"] / len(train_rows), "loss": loss,
+                                "grad_norm": grad_norm, "learning_rate": lr})
+                log.info(meter.line(step, total_steps, history[-1]))
+            state["global_step"] = step
+            stopping = stop.agreed()
+            saving = stopping or step % cfg.save_steps == 0
+            if tie_group is not None and (first or last) and replicas.due(step, cfg.replica_check_steps,
+                                                                          saving or step == total_steps):
+                # The two copies of the tied weight must stay equal, as replicas of data parallelism must.
+                replicas.check([tied_weight], step, what="tied embedding / LM head", group=tie_group)
+                checked.append(step)
+            if saving:
+                save_checkpoint(cfg, state, stage, optimizer, scheduler, rank, counts)
+            if stopping:
+                raise Preempted(f"checkpoint saved at step {step}")
 
     # Evaluate and save: the stages are gathered into one HF checkpoint on rank 0.
     runtime = time.time() - started

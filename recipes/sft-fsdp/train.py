@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recipekit import (checkpoint, distributed, entry, hub, loading, loop, models, optim, outputs, progress,
-                       sft_data, updates)
+from recipekit import (checkpoint, cpu_speedups, distributed, entry, hub, loading, loop, models, optim, outputs,
+                       progress, sft_data, updates)
 from recipekit.config import option
 from recipekit.errors import DataError, Preempted
 from recipekit.preemption import StopOnSignal
@@ -263,54 +263,55 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOn
     model.train()
     started, window, run_losses, saved_at = time.time(), [], [], state["step"]
     meter = progress.Meter(state["step"])
-    while state["step"] < total:
-        batches = rank_batches(len(train_items), cfg, state["epoch"], state["position"])
-        if not batches:  # a checkpoint taken on a longer dataset, at the end of this epoch
-            state.update(epoch=state["epoch"] + 1, position=0)
-            continue
-        for start in range(0, len(batches), cfg.gradient_accumulation_steps):
-            group = batches[start:start + cfg.gradient_accumulation_steps]
-            micro = [sft_data.collate_items([train_items[i] for i in ids], pad_id, device) for ids in group]
-            tokens, seen = distributed.all_sum(sum(loop.label_tokens(b["labels"]) for b in micro),
-                                               sum(len(train_items[i]["input_ids"]) for ids in group for i in ids))
-            meter.add(seen)
-            step_loss = 0.0
-            for k, batch in enumerate(micro):
-                model.set_requires_gradient_sync(k == len(micro) - 1)
-                loss = summed_loss(model, batch)
-                # FSDP averages gradients over ranks: scale so the step's gradient is the global per-token mean.
-                (loss * ws / max(tokens, 1)).backward()
-                step_loss += loss.item()
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
-            first_update.before(optimizer, model)
-            optimizer.step()
-            first_update.after(optimizer)
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            (loss_sum,) = distributed.all_sum(step_loss)
-            run_losses.append(loss_sum / max(tokens, 1))
-            window.append(run_losses[-1])
-            last_in_epoch = start + cfg.gradient_accumulation_steps >= len(batches)
-            state.update(step=state["step"] + 1, epoch=state["epoch"] + last_in_epoch,
-                         position=0 if last_in_epoch else state["position"] + len(group) * cfg.batch_size * ws)
-            step = state["step"]
-            if step % cfg.logging_steps == 0 or step in (1, total):
-                norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-                epoch = state["epoch"] + state["position"] / len(train_items)
-                row = {"step": step, "epoch": round(epoch, 4), "loss": sum(window) / len(window),
-                       "learning_rate": scheduler.get_last_lr()[0], "grad_norm": float(norm)}
-                state["log_history"].append(row)
-                window = []
-                log.info(meter.line(step, total, row))
-            if step % cfg.save_steps == 0 or step == total:
-                save_checkpoint(model, optimizer, scheduler, state, cfg)
-                saved_at = step
-            if stop.agreed():
-                if saved_at != step:
+    with cpu_speedups.heap_kept_for_reuse(device):  # freed memory reused, not unmapped, on a CPU
+        while state["step"] < total:
+            batches = rank_batches(len(train_items), cfg, state["epoch"], state["position"])
+            if not batches:  # a checkpoint taken on a longer dataset, at the end of this epoch
+                state.update(epoch=state["epoch"] + 1, position=0)
+                continue
+            for start in range(0, len(batches), cfg.gradient_accumulation_steps):
+                group = batches[start:start + cfg.gradient_accumulation_steps]
+                micro = [sft_data.collate_items([train_items[i] for i in ids], pad_id, device) for ids in group]
+                tokens, seen = distributed.all_sum(sum(loop.label_tokens(b["labels"]) for b in micro),
+                                                   sum(len(train_items[i]["input_ids"]) for ids in group for i in ids))
+                meter.add(seen)
+                step_loss = 0.0
+                for k, batch in enumerate(micro):
+                    model.set_requires_gradient_sync(k == len(micro) - 1)
+                    loss = summed_loss(model, batch)
+                    # FSDP averages gradients over ranks: scale so the step's gradient is the global per-token mean.
+                    (loss * ws / max(tokens, 1)).backward()
+                    step_loss += loss.item()
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
+                first_update.before(optimizer, model)
+                optimizer.step()
+                first_update.after(optimizer)
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                (loss_sum,) = distributed.all_sum(step_loss)
+                run_losses.append(loss_sum / max(tokens, 1))
+                window.append(run_losses[-1])
+                last_in_epoch = start + cfg.gradient_accumulation_steps >= len(batches)
+                state.update(step=state["step"] + 1, epoch=state["epoch"] + last_in_epoch,
+                             position=0 if last_in_epoch else state["position"] + len(group) * cfg.batch_size * ws)
+                step = state["step"]
+                if step % cfg.logging_steps == 0 or step in (1, total):
+                    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+                    epoch = state["epoch"] + state["position"] / len(train_items)
+                    row = {"step": step, "epoch": round(epoch, 4), "loss": sum(window) / len(window),
+                           "learning_rate": scheduler.get_last_lr()[0], "grad_norm": float(norm)}
+                    state["log_history"].append(row)
+                    window = []
+                    log.info(meter.line(step, total, row))
+                if step % cfg.save_steps == 0 or step == total:
                     save_checkpoint(model, optimizer, scheduler, state, cfg)
-                raise Preempted(f"checkpoint saved at step {step}")
-            if step >= total:
-                break
+                    saved_at = step
+                if stop.agreed():
+                    if saved_at != step:
+                        save_checkpoint(model, optimizer, scheduler, state, cfg)
+                    raise Preempted(f"checkpoint saved at step {step}")
+                if step >= total:
+                    break
     runtime = time.time() - started
 
     # Evaluate and save.

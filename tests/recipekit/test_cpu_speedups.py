@@ -461,12 +461,15 @@ def test_the_training_paths_are_installed_for_train_only_even_when_it_raises(lor
             trainer.train()
         assert seen == [["partial"] * count]
     heap_only = {"fused_lora", "frozen_weight_copies"}
-    for args, switched_off in ((SimpleNamespace(bf16=False, fp16=False, device=torch.device("cpu")), set()),  # float32
-                               (SimpleNamespace(bf16=True, fp16=False, device=torch.device("cpu")), heap_only)):
+    bf16 = SimpleNamespace(bf16=True, fp16=False, device=torch.device("cpu"))
+    for args, switched_off, model_paths in (
+            (SimpleNamespace(bf16=False, fp16=False, device=torch.device("cpu")), set(), True),  # float32
+            (bf16, heap_only, True),
+            (bf16, set(), False)):  # a model inside DeepSpeed's engine
         monkeypatch.setattr(cpu_speedups, "switched_off", switched_off)
         seen.clear()
         heap_only_run = SimpleNamespace(args=args, model=model, train=train)
-        cpu_speedups.speed_up_training(heap_only_run)
+        cpu_speedups.speed_up_training(heap_only_run, model_paths=model_paths)
         assert heap_only_run.train is not train  # the heap is kept for reuse; no forward is replaced
         with pytest.raises(RuntimeError, match="stopped"):
             heap_only_run.train()
@@ -478,20 +481,22 @@ def test_the_training_paths_are_installed_for_train_only_even_when_it_raises(lor
     assert nothing_on.train is train
 
 
-def test_heap_reuse_stops_large_blocks_being_faulted_in_afresh_at_every_allocation():
-    """A 48 MiB tensor made again and again: with glibc's defaults each one is a fresh mmap whose pages the
-    kernel faults in (and zeroes) one by one; while HeapReuse is installed the freed block is reused, and
-    once it is removed the defaults are back."""
+def page_faults(allocations: int = 8) -> int:
+    """Minor page faults while a 48 MiB tensor is made and filled ``allocations`` times."""
     import resource
 
     import torch
 
-    def page_faults(allocations: int = 8) -> int:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(allocations):
-            torch.empty(48 * 2**20, dtype=torch.uint8).fill_(1)
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(allocations):
+        torch.empty(48 * 2**20, dtype=torch.uint8).fill_(1)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
+
+def test_heap_reuse_stops_large_blocks_being_faulted_in_afresh_at_every_allocation():
+    """A 48 MiB tensor made again and again: with glibc's defaults each one is a fresh mmap whose pages the
+    kernel faults in (and zeroes) one by one; while HeapReuse is installed the freed block is reused, and
+    once it is removed the defaults are back."""
     assert cpu_speedups.glibc() is not None  # the image and CI run Debian
     stock = page_faults()
     heap = cpu_speedups.HeapReuse()
@@ -504,6 +509,21 @@ def test_heap_reuse_stops_large_blocks_being_faulted_in_afresh_at_every_allocati
     restored = page_faults()
     assert stock >= 8 and restored >= 8  # at least one fault per allocation, even with transparent huge pages
     assert reused * 10 < stock and reused * 10 < restored
+
+
+def test_a_hand_written_loop_keeps_the_heap_for_reuse_on_a_cpu_only_and_gives_it_back_when_it_raises(monkeypatch):
+    import torch
+
+    stock = page_faults()
+    with pytest.raises(RuntimeError, match="stopped"), cpu_speedups.heap_kept_for_reuse(torch.device("cpu")):
+        page_faults()
+        reused = page_faults()
+        raise RuntimeError("stopped")
+    assert reused * 10 < stock and page_faults() >= 8  # glibc's defaults are back after the raise
+    for device, switched_off in ((torch.device("cuda", 0), set()), (torch.device("cpu"), {"heap_reuse"})):
+        monkeypatch.setattr(cpu_speedups, "switched_off", switched_off)
+        with cpu_speedups.heap_kept_for_reuse(device):
+            assert page_faults() >= 8
 
 
 # --- the switch and the private API each path leans on -----------------------------------------------------------

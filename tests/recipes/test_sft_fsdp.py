@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import logged_losses, read_metrics, run_launcher
+from tests.conftest import heap_kept_for_reuse, logged_losses, read_metrics, run_launcher
 from tests.recipes.test_sft import sft
 
 
@@ -58,6 +58,7 @@ def test_two_ranks_train_and_the_export_is_the_trained_model(two_rank_run, small
     assert len(losses) == 8 and losses[-1] < losses[0] - 0.3
     assert metrics["eval_loss_after"] < metrics["eval_loss_before"] - 0.3
     assert 0.0 <= metrics["hit_rate_after"] <= 1.0 and "eval loss:" in result.stdout
+    assert heap_kept_for_reuse(result) == 1  # rank 0's log: freed memory reused while the loop trains on CPU
     # One progress line per step for the job, from rank 0, with the rate of both ranks' tokens and the ETA.
     lines = [line[9:] for line in result.stderr.splitlines() if ": step " in line]
     assert [line.split()[3] for line in lines] == [f"{step}/8" for step in range(1, 9)]

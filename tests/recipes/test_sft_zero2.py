@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import logged_losses, read_metrics, run_launcher
+from tests.conftest import heap_kept_for_reuse, logged_losses, read_metrics, run_launcher
 from tests.recipes.test_sft import sft
 
 pytestmark = pytest.mark.slow(minutes=2)  # trains real models; make test starts the longest first
@@ -34,6 +34,7 @@ def test_trains_with_two_ranks_and_resumes_with_the_engine_checkpoint(tmp_path, 
     assert "auto" not in json.dumps(ds)
     assert ds["optimizer"]["params"]["torch_adam"] is True  # no GPU: torch's fused AdamW, nothing to compile
     assert "deepspeed_shm_comm" not in result.stdout + result.stderr  # nor the all-reduce only AutoTP calls
+    assert heap_kept_for_reuse(result) == 1  # under the engine too, freed memory is reused while training on CPU
 
     zero2(out, tiny_model, small_hotel, "max_steps=6", "save_steps=2")
     resumed = read_metrics(out)
