@@ -481,16 +481,33 @@ def test_the_training_paths_are_installed_for_train_only_even_when_it_raises(lor
     assert nothing_on.train is train
 
 
-def page_faults(allocations: int = 8) -> int:
-    """Minor page faults while a 48 MiB tensor is made and filled ``allocations`` times."""
-    import resource
+PAGE_FAULTS = """
+import json, resource, torch
+from recipekit import cpu_speedups
 
-    import torch
-
+def page_faults(allocations=8):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(allocations):
         torch.empty(48 * 2**20, dtype=torch.uint8).fill_(1)
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+counts = {"stock": page_faults()}
+"""
+
+
+def fault_counts(steps: str) -> dict:
+    """Minor page faults of 8 allocations of a 48 MiB tensor (``page_faults()``) at the points ``steps`` records in
+    ``counts``, in a fresh process: a heap that earlier tests in this one left with large free blocks could serve
+    them without faults whatever malloc's settings."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    script = PAGE_FAULTS + textwrap.dedent(steps) + "\nprint(json.dumps(counts))\n"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.splitlines()[-1])
 
 
 def test_heap_reuse_stops_large_blocks_being_faulted_in_afresh_at_every_allocation():
@@ -498,32 +515,44 @@ def test_heap_reuse_stops_large_blocks_being_faulted_in_afresh_at_every_allocati
     kernel faults in (and zeroes) one by one; while HeapReuse is installed the freed block is reused, and
     once it is removed the defaults are back."""
     assert cpu_speedups.glibc() is not None  # the image and CI run Debian
-    stock = page_faults()
-    heap = cpu_speedups.HeapReuse()
-    assert heap.install()
-    try:
-        page_faults()  # the heap grows until freed blocks fit the next aligned request
-        reused = page_faults()
-    finally:
-        heap.remove()
-    restored = page_faults()
-    assert stock >= 8 and restored >= 8  # at least one fault per allocation, even with transparent huge pages
-    assert reused * 10 < stock and reused * 10 < restored
+    counts = fault_counts("""
+        heap = cpu_speedups.HeapReuse()
+        counts["installed"] = heap.install()
+        try:
+            page_faults()  # the heap grows until freed blocks fit the next aligned request
+            counts["reused"] = page_faults()
+        finally:
+            heap.remove()
+        counts["restored"] = page_faults()
+    """)
+    assert counts["installed"]
+    assert counts["stock"] >= 8 and counts["restored"] >= 8  # a fault per allocation, even with huge pages
+    assert counts["reused"] * 10 < counts["stock"] and counts["reused"] * 10 < counts["restored"]
 
 
-def test_a_hand_written_loop_keeps_the_heap_for_reuse_on_a_cpu_only_and_gives_it_back_when_it_raises(monkeypatch):
-    import torch
+def test_a_hand_written_loop_keeps_the_heap_for_reuse_and_gives_it_back_when_it_raises():
+    counts = fault_counts("""
+        try:
+            with cpu_speedups.heap_kept_for_reuse(torch.device("cpu")):
+                page_faults()
+                counts["reused"] = page_faults()
+                raise RuntimeError("stopped")
+        except RuntimeError:
+            counts["restored"] = page_faults()  # glibc's defaults are back after the raise
+    """)
+    assert counts["stock"] >= 8 and counts["reused"] * 10 < counts["stock"]
+    assert counts["restored"] > 10 * counts["reused"]
 
-    stock = page_faults()
-    with pytest.raises(RuntimeError, match="stopped"), cpu_speedups.heap_kept_for_reuse(torch.device("cpu")):
-        page_faults()
-        reused = page_faults()
-        raise RuntimeError("stopped")
-    assert reused * 10 < stock and page_faults() >= 8  # glibc's defaults are back after the raise
-    for device, switched_off in ((torch.device("cuda", 0), set()), (torch.device("cpu"), {"heap_reuse"})):
-        monkeypatch.setattr(cpu_speedups, "switched_off", switched_off)
-        with cpu_speedups.heap_kept_for_reuse(device):
-            assert page_faults() >= 8
+
+@pytest.mark.parametrize(("device", "switched_off"), [("cuda", set()), ("cpu", {"heap_reuse"})])
+def test_a_hand_written_loop_keeps_glibcs_defaults_off_the_cpu_or_switched_off(device, switched_off):
+    counts = fault_counts(f"""
+        cpu_speedups.switched_off.update({switched_off!r})
+        with cpu_speedups.heap_kept_for_reuse(torch.device({device!r})):
+            page_faults()
+            counts["inside"] = page_faults()
+    """)
+    assert counts["stock"] >= 8 and counts["inside"] >= 8  # a fault per allocation, as outside
 
 
 # --- the switch and the private API each path leans on -----------------------------------------------------------
