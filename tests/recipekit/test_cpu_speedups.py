@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from recipekit import cpu_speedups
+from tests.conftest import REPO
 
 
 @pytest.fixture
@@ -505,7 +506,7 @@ def fault_counts(steps: str) -> dict:
     import textwrap
 
     script = PAGE_FAULTS + textwrap.dedent(steps) + "\nprint(json.dumps(counts))\n"
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.splitlines()[-1])
 
