@@ -20,7 +20,7 @@ import runpy
 import sys
 from pathlib import Path
 
-from recipekit import cpu_speedups, trainers
+from recipekit import cpu_speedups, loop, trainers
 
 ABLATIONS = {"BENCH_TRL_LOSS": "plain_loss", "BENCH_FULL_LOGITS": "trained_positions",
              "BENCH_NO_DOC_ATTENTION": "document_attention", "BENCH_NO_FROZEN_PREFIX": "frozen_prefix",
@@ -32,6 +32,7 @@ def main(argv: list[str]) -> None:
     recipe_file = Path(argv[0]).resolve()
     cpu_speedups.switched_off.update(path for env, path in ABLATIONS.items() if os.environ.get(env) == "1")
     trainers.added_callbacks.append(make_probe)
+    loop.added_observers.append(make_probe)
     sys.argv = [str(recipe_file), *argv[1:]]
     runpy.run_path(str(recipe_file), run_name="__main__")
 

@@ -3,7 +3,10 @@
 It counts the tokens the model is actually fed (a forward pre-hook on the model, so it sees the
 batches exactly as the trainer collated them), timestamps every optimizer step and reads the peak
 memory when training ends, then writes one JSON file. The recipe gets it through
-``train(callbacks=...)``; `trl sft` through a subclass of SFTTrainer that only appends it.
+``train(callbacks=...)``; `trl sft` through a subclass of SFTTrainer that only appends it. A
+hand-written loop (sft-fsdp) has no Trainer: there it is an observer of ``recipekit.loop.observed``,
+which hands it the packed items of every step, so it counts their tokens (never the padding the
+loop adds to rows of a micro-batch) instead of hooking the forward.
 """
 
 from __future__ import annotations
@@ -49,6 +52,14 @@ def batch_tokens(inputs: dict[str, Any]):
     return tokens, len_sq.to(torch.int64), loss_tokens
 
 
+def item_tokens(items: list[dict[str, Any]]) -> tuple[int, int, int]:
+    """``batch_tokens`` of packed items (``recipekit.sft_data.pack_items``: one list per key, each
+    document's position ids counting 0, 1, ...), without the padding a collator would add."""
+    positions = [p for item in items for p in item["position_ids"]]
+    loss_tokens = sum(label != -100 for item in items for label in item["labels"])
+    return len(positions), sum(2 * p + 1 for p in positions), loss_tokens
+
+
 def model_shape(model) -> dict[str, Any]:
     """What the FLOPs formulas need: parameter counts and the attention shape."""
     import torch
@@ -78,6 +89,14 @@ def model_shape(model) -> dict[str, Any]:
     }
 
 
+# What the record keeps of a run's settings: TrainingArguments' names, and the keys of a recipe's config
+# that a hand-written loop reads where their names differ.
+SETTINGS = ("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "bf16", "fp16",
+            "gradient_checkpointing", "optim", "packing", "packing_strategy", "padding_free", "max_length",
+            "pad_to_multiple_of", "use_liger_kernel", "torch_compile", "learning_rate")
+CONFIG_KEYS = {"per_device_train_batch_size": "batch_size", "max_length": "seq_length"}
+
+
 class Probe(TrainerCallback):
     def __init__(self, out_path: str | os.PathLike | None = None):
         self.out_path = Path(out_path or os.environ[OUT_ENV])
@@ -102,29 +121,28 @@ class Probe(TrainerCallback):
         if counted[2] is None:
             self.loss_countable = False
             counted = (*counted[:2], torch.zeros((), dtype=torch.int64, device=counted[0].device))
+        self.add(counted)
+
+    def add(self, counted) -> None:
         self.totals = counted if self.totals is None else tuple(a + b for a, b in zip(self.totals, counted))
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
+    # --- the run, whichever way it is driven
+
+    def begin(self, model, device, settings: dict[str, Any]) -> None:
         import torch
 
-        self.hook = model.register_forward_pre_hook(self.count, with_kwargs=True)
-        self.record.update(
-            train_begin_at=time.time(), device=str(args.device), torch_threads=torch.get_num_threads(),
-            settings={key: getattr(args, key, None) for key in (
-                "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "bf16", "fp16",
-                "gradient_checkpointing", "optim", "packing", "packing_strategy", "padding_free", "max_length",
-                "pad_to_multiple_of", "use_liger_kernel", "torch_compile", "learning_rate")},
-            model=model_shape(model))
+        self.record.update(train_begin_at=time.time(), device=str(device), torch_threads=torch.get_num_threads(),
+                           settings=settings, model=model_shape(model))
         self.record["settings"]["optim"] = str(self.record["settings"]["optim"])
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def step_end(self, device) -> None:
         import torch
 
-        if torch.cuda.is_available() and args.device.type == "cuda":
+        if torch.cuda.is_available() and torch.device(device).type == "cuda":
             torch.cuda.synchronize()  # GPU work is queued asynchronously; time the finished step
         self.steps.append((time.time(), tuple(t.detach().clone() for t in self.totals) if self.totals else None))
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def end(self, global_step: int) -> None:
         import torch
 
         if self.hook is not None:
@@ -133,9 +151,35 @@ class Probe(TrainerCallback):
                   "loss_tokens": int(t[2]) if self.loss_countable else None}
                  if t else {"at": at, "tokens": 0, "doc_len_sq": 0, "loss_tokens": 0} for at, t in self.steps]
         self.record.update(
-            launched_at=self.launched_at, steps=steps, global_step=state.global_step,
+            launched_at=self.launched_at, steps=steps, global_step=global_step,
             peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             cuda_max_allocated_bytes=torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
             cuda_device=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
         self.out_path.parent.mkdir(parents=True, exist_ok=True)
         self.out_path.write_text(json.dumps(self.record, indent=1))
+
+    # --- driven by a transformers Trainer
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.hook = model.register_forward_pre_hook(self.count, with_kwargs=True)
+        self.begin(model, args.device, {key: getattr(args, key, None) for key in SETTINGS})
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step_end(args.device)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.end(state.global_step)
+
+    # --- driven by a hand-written loop (recipekit.loop.observed)
+
+    def loop_begin(self, model, device, config: dict[str, Any]) -> None:
+        self.begin(model, device, {key: config.get(CONFIG_KEYS.get(key, key)) for key in SETTINGS})
+
+    def loop_step_end(self, device, items: list[dict[str, Any]]) -> None:
+        import torch
+
+        self.add(tuple(torch.tensor(n) for n in item_tokens(items)))
+        self.step_end(device)
+
+    def loop_end(self, steps: int) -> None:
+        self.end(steps)

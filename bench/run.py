@@ -1,7 +1,8 @@
 """`make bench`: the sft recipe against TRL's own `trl sft`, in one run, on this machine.
 
     python -m bench.run                          # CPU: SmolLM2-135M LoRA and full FT on the hotel data
-    python -m bench.run --suite gpu              # GPU: Llama-3.2-1B-shaped full FT + LoRA at seq 2048
+    python -m bench.run --suite gpu              # GPU: Llama-3.2-1B-shaped full FT (also under FSDP2 and
+                                                 #      ZeRO-2) + LoRA at seq 2048, 8B-shaped QLoRA
     python -m bench.run --suite gpu --shape tiny --peak-tflops 1   # the GPU path on a CPU, tiny model
     python -m bench.run --suite ablation         # CPU: what each of the recipe's choices buys
     python -m bench.run --suite scaling          # CPU: sequence length 256-2048, 1 and 2 processes
@@ -46,12 +47,14 @@ LAUNCHED_ENV = "BENCH_LAUNCHED_AT"  # time.time() just before the runner started
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
 SFT = REPO / "recipes" / "sft"
+SFT_ZERO2, SFT_FSDP = REPO / "recipes" / "sft-zero2", REPO / "recipes" / "sft-fsdp"  # the GPU suite's engines
 HOTEL_TRAIN = REPO / "recipekit" / "datasets" / "hotel" / "train.jsonl"
 SUITES = ("cpu", "gpu", "ablation", "scaling")
 DEFAULT_STEPS = {"cpu": 30, "gpu": 30, "ablation": 20, "scaling": 4}
 SCALING_LENGTHS = (256, 512, 1024, 2048)
 SCALING_PROCESSES = (1, 2)
 MATMUL_LIMIT = "matmul-limit"  # the row that holds the machine's measured matmul throughput
+ZERO2_FSDP_TOLERANCE = 0.10  # the GPU goal: ZeRO-2's tokens/s within this fraction of FSDP's
 NOISY_SHARE = 0.05  # other processes' share of all CPUs during a row above which the table warns
 
 # Random-weight models built from a config (throughput does not depend on the weights' values).
@@ -71,7 +74,7 @@ SHAPES: dict[str, dict[str, Any]] = {
 @dataclass
 class Scenario:
     name: str  # row id, unique in a run
-    tool: str  # "sft" (ours) or "trl sft" (the peer)
+    tool: str  # the recipe's name (ours: sft, or sft-fsdp and sft-zero2 on a GPU) or "trl sft" (the peer)
     lora: bool
     argv: list[str]  # after `python`
     baselines: dict[str, str] = field(default_factory=dict)  # {"defaults"|"tuned": peer row compared with}
@@ -81,8 +84,8 @@ class Scenario:
     seq_length: int | None = None  # set where rows of one run differ in it (the scaling suite)
 
 
-def recipe_defaults() -> dict[str, Any]:
-    return yaml.safe_load((SFT / "config.yaml").read_text())
+def recipe_defaults(recipe: Path = SFT) -> dict[str, Any]:
+    return yaml.safe_load((recipe / "config.yaml").read_text())
 
 
 def torchrun(processes: int, module_argv: list[str]) -> list[str]:
@@ -94,16 +97,22 @@ def torchrun(processes: int, module_argv: list[str]) -> list[str]:
 
 def ours(name: str, workdir: Path, data_dir: Path, model: str, seq_length: int, steps: int, lora: bool,
          extra: tuple[str, ...] = (), baselines: dict[str, str] | None = None, note: str = "", env=None,
-         processes: int = 1) -> Scenario:
-    """The sft recipe with its shipped config; only what must match the peer (and no eval/export) is set."""
+         processes: int = 1, recipe: Path = SFT) -> Scenario:
+    """A recipe (sft unless told) with its shipped config; only what must match the peer (and no eval/export)
+    is set. The LoRA keys are set where the recipe has them; one without them (sft-fsdp) trains in full."""
     overrides = [f"model_name={model}", f"dataset_name={data_dir}", "dataset_split=train", "eval_split=null",
                  f"seq_length={seq_length}", f"max_steps={steps}", f"output_dir={workdir / name}", "resume=false",
-                 "save_steps=1000000000", "merge_adapter=false", f"use_peft={str(lora).lower()}",
-                 "peft_top_layers=null", *extra]
-    argv = ["-m", "bench.ours", str(SFT / "train.py"), "--config", str(SFT / "config.yaml")]
+                 "save_steps=1000000000"]
+    if "use_peft" in recipe_defaults(recipe):
+        overrides += ["merge_adapter=false", f"use_peft={str(lora).lower()}", "peft_top_layers=null"]
+    elif lora:
+        raise ValueError(f"{recipe.name} has no LoRA keys: it trains every weight")
+    overrides += extra
+    argv = ["-m", "bench.ours", str(recipe / "train.py"), "--config", str(recipe / "config.yaml")]
     for item in overrides:
         argv.append(f"--set={item}")
-    return Scenario(name, "sft", lora, torchrun(processes, argv), dict(baselines or {}), note, env or {}, processes)
+    return Scenario(name, recipe.name, lora, torchrun(processes, argv), dict(baselines or {}), note, env or {},
+                    processes)
 
 
 def peer(name: str, workdir: Path, data_dir: Path, model: str, seq_length: int, steps: int, lora: bool,
@@ -206,8 +215,14 @@ def plan(suite: str, workdir: Path, data_dir: Path, model: str, seq_length: int,
         return rows
     # gpu: full fine-tuning and LoRA; packed batches of 4 x seq_length, bf16, no checkpointing
     fast = ("batch_size=4", "bf16=true", "packing=true", "gradient_checkpointing=false")
-    rows = [*three_rows("full", False, both, cuda, 4, extra=(*fast, "learning_rate=2e-5")),
-            *three_rows("lora", True, both, cuda, 4, extra=fast)]
+    full = (*fast, "learning_rate=2e-5")
+    rows = [*three_rows("full", False, both, cuda, 4, extra=full),
+            *three_rows("lora", True, both, cuda, 4, extra=fast),
+            # The same full fine-tuning under each sharding engine of its own recipe, on one device: the
+            # ZeRO-2 row is compared with the FSDP row (the goal: within 10%).
+            ours("sft-fsdp", lora=False, extra=full, recipe=SFT_FSDP, note="FSDP2, its own training loop", **both),
+            ours("sft-zero2", lora=False, extra=full, recipe=SFT_ZERO2, baselines={"fsdp": "sft-fsdp"},
+                 note="DeepSpeed ZeRO-2 engine under the Trainer", **both)]
     if qlora_model:
         rows.append(ours("sft-qlora", lora=True, extra=(*fast, "load_in_4bit=true", f"model_name={qlora_model}"),
                          note=f"QLoRA (nf4) of the {qlora_shape} shape: the peak-memory row", **both))
@@ -436,7 +451,7 @@ def limit_row(scenario: Scenario, record: dict[str, Any]) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     env, rows = result["environment"], result["rows"]
     device = env["cuda_device"] or f"{env['cpu']}, {env['threads']} threads"
-    kinds = [kind for kind in ("defaults", "tuned", "shipped")
+    kinds = [kind for kind in ("defaults", "tuned", "shipped", "fsdp")
              if any(kind in row.get("baselines", {}) for row in rows if row["kind"] == "training")]
     lines = [
         f"### `{result['suite']}` suite: {env['host']}, {result['date']}",
@@ -513,9 +528,14 @@ def goals(suite: str, rows: dict[str, dict[str, Any]]) -> list[str]:
         return []
     if not any(row["device"].startswith("cuda") for row in rows.values() if row["kind"] == "training"):
         return ["no GPU in this run: the GPU suite ran on the CPU to exercise its code path; "
-                "its goals (MFU, ratio ≥ 1.8×, QLoRA ≤ 10 GB) apply to a GPU run only"]
-    out = [ratio("sft-full", "defaults", 1.8), ratio("sft-lora", "defaults", 1.8), mfu("sft-full", 0.45),
+                "its goals (MFU, ratio ≥ 1.8×, ZeRO-2 within 10% of FSDP, QLoRA ≤ 10 GB) apply to a GPU run only"]
+    out = [ratio("sft-full", "tuned", 1.8), ratio("sft-lora", "tuned", 1.8), mfu("sft-full", 0.45),
            mfu("sft-lora", 0.40)]
+    zero2 = rows.get("sft-zero2")
+    if zero2 and (zero2.get("ratios") or {}).get("fsdp"):
+        value = zero2["ratios"]["fsdp"]
+        out.append(f"sft-zero2: {value:.2f}× sft-fsdp's tokens/s (goal: within 10%): "
+                   f"{'met' if abs(value - 1) <= ZERO2_FSDP_TOLERANCE else 'NOT met'}")
     if "sft-qlora" in rows:
         peak = rows["sft-qlora"]["peak_memory_bytes"]
         out.append(f"sft-qlora: peak {gib(peak)} (goal ≤ 10 GB): {'met' if peak <= 10e9 else 'NOT met'}")

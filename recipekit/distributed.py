@@ -88,6 +88,15 @@ def init_group() -> "torch.device":
     return device
 
 
+def init_group_with_rank_env() -> "torch.device":
+    """``init_group()``, and for a single process started without torchrun, the rank variables torchrun
+    would have set, for libraries that read them instead of asking the group (DeepSpeed)."""
+    device = init_group()
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1")):
+        os.environ.setdefault(key, value)
+    return device
+
+
 @contextlib.contextmanager
 def main_first():
     """Rank 0 runs the block first (e.g. filling the datasets cache), then the other ranks (reading it)."""

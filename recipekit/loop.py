@@ -10,10 +10,11 @@ tests/recipekit/test_loop.py compares them step by step.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 from recipekit.data import IGNORE_INDEX
 from recipekit.schema import POLYNOMIAL_LR_END
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
     import torch
 
 INVERSE_SQRT_TIMESCALE = 10_000  # used when there is no warmup to take the time scale from
+
+# Makers of observers of a hand-written loop, the counterpart of ``trainers.added_callbacks`` (the
+# benchmark's probe is one). See ``observed`` for what an observer is told.
+added_observers: list[Callable[[], Any]] = []
 
 
 def seed_everything(seed: int) -> None:
@@ -32,6 +37,31 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def observed(model, device, config: dict[str, Any]):
+    """Tell the added observers about the training loop inside the block; yields ``step_end(items)``,
+    which the loop calls after every optimizer step with the packed items this rank trained on in it.
+
+    Each observer gets ``loop_begin(model, device, config)`` before the first step,
+    ``loop_step_end(device, items)`` after each, and ``loop_end(steps)`` once the loop has finished
+    (not when it raised, as a Trainer's ``on_train_end`` is not called then).
+    """
+    observers = [make() for make in added_observers]
+    for observer in observers:
+        observer.loop_begin(model, device, config)
+    steps = 0
+
+    def step_end(items: list[dict[str, Any]]) -> None:
+        nonlocal steps
+        steps += 1
+        for observer in observers:
+            observer.loop_step_end(device, items)
+
+    yield step_end
+    for observer in observers:
+        observer.loop_end(steps)
 
 
 def lr_factor(name: str, step: int, warmup: int, total: int, lr_init: float) -> float:

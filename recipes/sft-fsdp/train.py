@@ -263,7 +263,8 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOn
     model.train()
     started, window, run_losses, saved_at = time.time(), [], [], state["step"]
     meter = progress.Meter(state["step"])
-    with cpu_speedups.heap_kept_for_reuse(device):  # freed memory reused, not unmapped, on a CPU
+    # Freed memory reused, not unmapped, on a CPU; the loop's observers (a benchmark's probe) see every step.
+    with cpu_speedups.heap_kept_for_reuse(device), loop.observed(model, device, vars(cfg)) as step_observed:
         while state["step"] < total:
             batches = rank_batches(len(train_items), cfg, state["epoch"], state["position"])
             if not batches:  # a checkpoint taken on a longer dataset, at the end of this epoch
@@ -295,6 +296,7 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOn
                 state.update(step=state["step"] + 1, epoch=state["epoch"] + last_in_epoch,
                              position=0 if last_in_epoch else state["position"] + len(group) * cfg.batch_size * ws)
                 step = state["step"]
+                step_observed([train_items[i] for ids in group for i in ids])
                 if step % cfg.logging_steps == 0 or step in (1, total):
                     norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
                     epoch = state["epoch"] + state["position"] / len(train_items)

@@ -1,14 +1,15 @@
 """SFT under DeepSpeed ZeRO-2: optimizer states and gradients sharded across data-parallel ranks.
 
     launcher run recipes/sft-zero2 --nproc 2                     # 2 processes, CPU (DS_ACCELERATOR=cpu)
+    launcher run recipes/sft-zero2                               # one process: one GPU, or the CPU
     launcher run recipes/sft-zero2 --nproc 2 --set offload_optimizer=true
     torchrun --nproc_per_node 4 recipes/sft-zero2/train.py --config recipes/sft-zero2/config.yaml
 
 The training itself is the sft recipe's, recipekit.sft (same keys, data handling and outputs);
-this recipe adds the DeepSpeed engine. It is always launched by torchrun, never by the ssh-based `deepspeed`
-launcher, so it runs the same in a Kubernetes pod and under srun. `zero2.json` next to this file
-is the DeepSpeed config; its "auto" values are filled from the recipe config and the resolved
-copy is written to `<output_dir>/deepspeed_config.json`. Checkpoints are saved and resumed by
+this recipe adds the DeepSpeed engine. It runs as one process or under torchrun, never under the
+ssh-based `deepspeed` launcher, so it runs the same in a Kubernetes pod and under srun. `zero2.json`
+next to this file is the DeepSpeed config; its "auto" values are filled from the recipe config and
+the resolved copy is written to `<output_dir>/deepspeed_config.json`. Checkpoints are saved and resumed by
 the DeepSpeed engine's own save/load (inside the usual atomic checkpoint-N directories).
 """
 
@@ -88,6 +89,9 @@ def main(cfg: Config, check_only: bool) -> None:
     if os.environ.get("DS_ACCELERATOR") == "cpu":
         deepspeed_ops.use_torch_adamw(ds)
     deepspeed_ops.prepare(ds)
+    # DeepSpeed needs a process group and torchrun's rank variables (else it looks for an MPI launcher):
+    # one process started without torchrun gets a group of its own.
+    distributed.init_group_with_rank_env()
     if distributed.is_main():
         outputs.write_atomic(Path(cfg.output_dir) / "deepspeed_config.json", json.dumps(ds, indent=2) + "\n")
 

@@ -117,6 +117,39 @@ def test_only_keeps_the_peers_of_a_kept_row_and_the_matmul_limit(tmp_path):
     assert [r.name for r in run.select([limit, *rows], "sft-full")][0] == run.MATMUL_LIMIT
 
 
+def test_gpu_plan_runs_the_same_full_fine_tuning_under_fsdp_and_zero2_and_compares_them(tmp_path):
+    rows = {r.name: r for r in run.plan("gpu", tmp_path, tmp_path / "hotel", "/m", 2048, 30, cuda=True)}
+    full, fsdp, zero2 = rows["sft-full"], rows["sft-fsdp"], rows["sft-zero2"]
+    assert fsdp.argv[:3] == ["-m", "bench.ours", str(run.SFT_FSDP / "train.py")] and fsdp.tool == "sft-fsdp"
+    assert zero2.argv[:3] == ["-m", "bench.ours", str(run.SFT_ZERO2 / "train.py")] and zero2.tool == "sft-zero2"
+    assert zero2.baselines == {"fsdp": "sft-fsdp"} and not fsdp.lora and not zero2.lora
+    assert [r.name for r in run.select(list(rows.values()), "sft-zero2")] == ["sft-fsdp", "sft-zero2"]
+    # The same run as sft-full's in every key the recipes share; sft-fsdp has no LoRA keys to set.
+    same = {key: value for key, value in overrides(full.argv).items() if key != "output_dir"}
+    assert {k: v for k, v in overrides(zero2.argv).items() if k != "output_dir"} == same
+    lora_keys = {"use_peft", "merge_adapter", "peft_top_layers"}
+    assert {k: v for k, v in overrides(fsdp.argv).items() if k != "output_dir"} == \
+        {k: v for k, v in same.items() if k not in lora_keys}
+    assert not lora_keys & set(run.recipe_defaults(run.SFT_FSDP))  # so the recipe would refuse them
+    with pytest.raises(ValueError, match="sft-fsdp has no LoRA keys"):
+        run.ours("x", tmp_path, tmp_path, "/m", 2048, 30, lora=True, recipe=run.SFT_FSDP)
+
+
+def test_gpu_goals_want_the_tuned_peer_beaten_and_zero2_within_a_tenth_of_fsdp():
+    def row(name, ratios):
+        return {"name": name, "kind": "training", "device": "cuda:0", "ratios": ratios, "mfu": 0.5}
+
+    rows = {"sft-full": row("sft-full", {"defaults": 3.0, "tuned": 1.7}), "sft-lora": row("sft-lora", {"tuned": 1.9}),
+            "sft-fsdp": row("sft-fsdp", {}), "sft-zero2": row("sft-zero2", {"fsdp": 0.92})}
+    goals = run.goals("gpu", rows)
+    assert goals[0] == "sft-full: 1.70× the tuned peer's tokens/s (goal ≥ 1.8×): NOT met"
+    assert goals[1] == "sft-lora: 1.90× the tuned peer's tokens/s (goal ≥ 1.8×): met"
+    assert goals[4] == "sft-zero2: 0.92× sft-fsdp's tokens/s (goal: within 10%): met"
+    for ratio, verdict in ((0.89, "NOT met"), (1.08, "met"), (1.11, "NOT met")):
+        rows["sft-zero2"]["ratios"] = {"fsdp": ratio}
+        assert run.goals("gpu", rows)[4].endswith(f"(goal: within 10%): {verdict}")
+
+
 def test_batch_tokens_counts_padded_and_packed_batches():
     import torch
 
@@ -131,6 +164,40 @@ def test_batch_tokens_counts_padded_and_packed_batches():
     assert [int(v) for v in batch_tokens(packed)] == [6, 9 + 4 + 1, 4]
     del packed["labels"]  # the caller computes the loss itself: loss tokens are not countable
     assert batch_tokens(packed)[2] is None
+
+
+def test_a_hand_written_loop_is_probed_through_its_observer_on_the_items_it_trained(tmp_path, monkeypatch):
+    """The probe as ``recipekit.loop.observed`` drives it: tokens of the packed items, never the padding their
+    micro-batch adds, the same counts ``batch_tokens`` gives the padding-free batch of them."""
+    import torch
+
+    from bench.probe import Probe, batch_tokens, item_tokens
+    from recipekit import loop
+    from recipekit.sft_data import collate_items
+
+    items = [{"input_ids": [1, 2, 3, 4, 5], "labels": [-100, 2, 3, -100, 5], "position_ids": [0, 1, 2, 0, 1]},
+             {"input_ids": [1, 2], "labels": [-100, 2], "position_ids": [0, 1]}]
+    flat = {key: torch.tensor([[v for item in items for v in item[key]]]) for key in ("input_ids", "labels",
+                                                                                       "position_ids")}
+    assert item_tokens(items) == tuple(int(v) for v in batch_tokens(flat)) == (7, 9 + 4 + 4, 4)
+    padded = collate_items(items, pad_id=0, device="cpu")
+    assert padded["input_ids"].numel() == 10 and int(batch_tokens(padded)[0]) == 10  # what a forward hook would see
+
+    out = tmp_path / "row.probe.json"
+    monkeypatch.setenv(run.OUT_ENV, str(out))
+    monkeypatch.setattr(loop, "added_observers", [Probe])
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10))
+    model.config = type("Config", (), {"num_attention_heads": 2, "num_hidden_layers": 1, "hidden_size": 4,
+                                       "vocab_size": 10, "model_type": "toy"})()
+    config = {"batch_size": 2, "seq_length": 8, "bf16": True, "packing": True, "learning_rate": 0.1}
+    with loop.observed(model, torch.device("cpu"), config) as step_end:
+        step_end(items)
+        step_end(items[:1])
+    record = json.loads(out.read_text())
+    assert [(s["tokens"], s["loss_tokens"]) for s in record["steps"]] == [(7, 4), (12, 7)]
+    assert record["global_step"] == 2 and record["device"] == "cpu" and record["model"]["params_total"] == 90
+    assert record["settings"]["per_device_train_batch_size"] == 2 and record["settings"]["max_length"] == 8
+    assert record["settings"]["bf16"] is True and record["settings"]["padding_free"] is None
 
 
 def test_flops_follow_the_stated_conventions():
@@ -296,3 +363,28 @@ def test_gpu_path_runs_on_cpu_with_a_tiny_model_and_writes_real_numbers(tmp_path
                               "tuned": pytest.approx(ours["tokens_per_s"] / tuned["tokens_per_s"])}
     table = Path(result_file.with_suffix(".md")).read_text()
     assert "| sft-lora | `sft` | yes | 256 | 1 |" in table and "Command: `python -m bench.run --suite gpu" in table
+
+
+@pytest.mark.slow
+def test_gpu_suites_fsdp_and_zero2_rows_run_on_cpu_and_probe_fsdps_own_loop(tmp_path):
+    """sft-fsdp trains in a loop of its own, without a Trainer: its row is timed through the loop's observer."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU this would run the full-size suite: use make bench there")
+    code = run.main(["--suite", "gpu", "--shape", "tiny", "--only", "sft-zero2", "--steps", "3", "--seq-length", "256",
+                     "--peak-tflops", "1", "--timeout", "300", "--out", str(tmp_path)])
+    assert code == 0
+    (result_file,) = tmp_path.glob("*-gpu.json")
+    result = json.loads(result_file.read_text())
+    fsdp, zero2 = result["rows"]
+    assert (fsdp["name"], zero2["name"]) == ("sft-fsdp", "sft-zero2")
+    for row in (fsdp, zero2):
+        assert row["steps"] == 3 and row["device"].startswith("cpu") and row["model"]["params_trainable"] > 3_000_000
+        assert row["model"]["params_tied_lm_head"] == row["model"]["params_embedding"]  # tied, sharded or not
+        assert row["tokens_timed"] > 0 and row["tokens_per_step"] <= 4 * 256 and row["peak_memory_bytes"] > 0
+        assert row["settings"]["per_device_train_batch_size"] == 4 and row["settings"]["bf16"] is True
+    assert 0 < fsdp["loss_tokens_per_s"] < fsdp["tokens_per_s"]  # counted from the loop's items
+    assert zero2["ratios"] == {"fsdp": pytest.approx(zero2["tokens_per_s"] / fsdp["tokens_per_s"])}
+    table = Path(result_file.with_suffix(".md")).read_text()
+    assert "| vs fsdp |" in table and "| sft-fsdp | `sft-fsdp` | no | 256 | 1 |" in table

@@ -1,4 +1,4 @@
-"""recipekit.loop: the hand-written loops' schedules follow transformers' curves, step by step."""
+"""recipekit.loop: the hand-written loops' schedules follow transformers' curves, step by step; observers see each step."""
 
 from __future__ import annotations
 
@@ -74,3 +74,31 @@ def test_a_polynomial_schedule_needs_a_learning_rate_above_its_end():
     assert problems == ["learning_rate: the polynomial schedule decays to 1e-07, so the learning rate must be "
                         "larger; got 1e-08"]
     assert TrainingOptions(lr_scheduler_type="polynomial", learning_rate=1e-6).check_training() == []
+
+
+def test_observers_see_every_step_and_the_end_only_of_a_loop_that_finished(monkeypatch):
+    calls = []
+
+    class Observer:
+        def loop_begin(self, model, device, config):
+            calls.append(("begin", model, device, config["seed"]))
+
+        def loop_step_end(self, device, items):
+            calls.append(("step", len(items)))
+
+        def loop_end(self, steps):
+            calls.append(("end", steps))
+
+    monkeypatch.setattr(loop, "added_observers", [Observer, Observer])
+    with loop.observed("model", "cpu", {"seed": 1}) as step_end:
+        step_end([{}, {}])
+        step_end([{}])
+    assert calls == [("begin", "model", "cpu", 1)] * 2 + [("step", 2)] * 2 + [("step", 1)] * 2 + [("end", 2)] * 2
+    calls.clear()
+    with pytest.raises(RuntimeError), loop.observed("model", "cpu", {"seed": 1}) as step_end:
+        step_end([{}])
+        raise RuntimeError("preempted")
+    assert ("end", 1) not in calls and calls[-1] == ("step", 1)
+    monkeypatch.setattr(loop, "added_observers", [])
+    with loop.observed("model", "cpu", {}) as step_end:  # nobody observing: the loop runs as it would
+        step_end([{}])

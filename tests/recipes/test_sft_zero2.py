@@ -1,4 +1,4 @@
-"""The sft-zero2 recipe: SFT under DeepSpeed ZeRO-2, 2 processes on CPU (DS_ACCELERATOR=cpu)."""
+"""The sft-zero2 recipe: SFT under DeepSpeed ZeRO-2 on CPU (DS_ACCELERATOR=cpu), 2 processes and 1."""
 
 from __future__ import annotations
 
@@ -42,6 +42,21 @@ def test_trains_with_two_ranks_and_resumes_with_the_engine_checkpoint(tmp_path, 
     assert resumed["eval_loss_before"] == first["eval_loss_before"]  # from the checkpoint's log history
     assert resumed["replicas_checked_at_steps"] == [6]  # the default: at checkpoints and the last step
     AutoPeftModelForCausalLM.from_pretrained(out / "model")
+
+
+def test_one_process_without_torchrun_trains_as_the_sft_recipe_does(tmp_path, tiny_model, small_hotel):
+    """`launcher run recipes/sft-zero2` on one device starts no torchrun; the engine still gets its process
+    group (DeepSpeed would otherwise look for an MPI launcher), and trains what sft trains."""
+    runs = {}
+    for recipe in ("sft", "sft-zero2"):
+        out = tmp_path / recipe
+        sft(out, tiny_model, small_hotel, "eval_answer_field=null", "max_steps=3", "save_steps=100", recipe=recipe)
+        runs[recipe] = read_metrics(out)
+    engine, plain = runs["sft-zero2"], runs["sft"]
+    assert engine["world_size"] == 1 and engine["global_step"] == 3
+    assert (tmp_path / "sft-zero2" / "checkpoint-3" / "global_step3").is_dir()
+    assert logged_losses(engine) == pytest.approx(logged_losses(plain), rel=1e-5)
+    assert engine["eval_loss_after"] == pytest.approx(plain["eval_loss_after"], rel=1e-5)
 
 
 def test_quantization_is_refused_before_anything_loads():
