@@ -570,10 +570,10 @@ class HeapReuse:
 
 
 @contextlib.contextmanager
-def heap_kept_for_reuse(device):
-    """``HeapReuse`` for the length of the block when ``device`` is a CPU: a hand-written training loop's share of
-    ``speed_up_training``."""
-    heap = HeapReuse() if enabled("heap_reuse", device) else None
+def heap_kept_for_reuse(device, wanted: bool = True):
+    """``HeapReuse`` for the length of the block when ``device`` is a CPU and ``wanted`` (the run's ``heap_reuse``
+    key): a hand-written training loop's share of ``speed_up_training``."""
+    heap = HeapReuse() if wanted and enabled("heap_reuse", device) else None
     if heap is not None and heap.install():
         log.info("freed memory kept by malloc for reuse while training (no mmap, no trim)")
     try:
@@ -583,13 +583,14 @@ def heap_kept_for_reuse(device):
             heap.remove()
 
 
-def speed_up_training(trainer, fuse_lora: bool = True, model_paths: bool = True) -> None:
+def speed_up_training(trainer, fuse_lora: bool = True, model_paths: bool = True, reuse_heap: bool = True) -> None:
     """Make ``trainer.train()`` run with the training-only CPU paths installed when it trains on a CPU, and removed
-    when it returns or raises: ``HeapReuse``, and in bf16 or fp16 ``FrozenWeightCopies`` and ``FusedLora``
-    (unless ``fuse_lora`` is false). Without ``model_paths`` (a model wrapped by DeepSpeed) only the heap."""
+    when it returns or raises: ``HeapReuse`` (unless ``reuse_heap``, the run's ``heap_reuse`` key, is false), and
+    in bf16 or fp16 ``FrozenWeightCopies`` and ``FusedLora`` (unless ``fuse_lora`` is false). Without
+    ``model_paths`` (a model wrapped by DeepSpeed) only the heap."""
     args = trainer.args
     low_precision = (args.bf16 or args.fp16) and model_paths
-    reuse_heap = enabled("heap_reuse", args.device)
+    reuse_heap = reuse_heap and enabled("heap_reuse", args.device)
     keep_copies = low_precision and enabled("frozen_weight_copies", args.device)
     fuse_lora = fuse_lora and low_precision and enabled("fused_lora", args.device)
     if not (reuse_heap or keep_copies or fuse_lora):
@@ -600,7 +601,7 @@ def speed_up_training(trainer, fuse_lora: bool = True, model_paths: bool = True)
     def train_with_fast_paths(*pargs, **kwargs):
         copies = FrozenWeightCopies(trainer.model) if keep_copies else None
         fused = FusedLora(trainer.model) if fuse_lora else None
-        with heap_kept_for_reuse(args.device):
+        with heap_kept_for_reuse(args.device, reuse_heap):
             for path in (copies, fused):
                 if path is not None:
                     path.install()

@@ -101,6 +101,8 @@ class TrainingOptions:
                                              min=1, max=10**6)
     resume: bool = option(True, help="resume from the newest complete checkpoint in output_dir, if any; one "
                           "written while training on other data stops the run")
+    heap_reuse: bool = option(True, help="on a CPU, glibc's malloc keeps the memory freed while training for "
+                              "reuse: faster steps; false gives it back at once, for a lower peak (full fine-tuning)")
     replica_check_steps: int = option(0, help="data-parallel ranks compare their weights at every checkpoint "
                                       "and at the end; N > 0 also every N steps", min=0, max=10**9)
     push_to_hub: bool = option(False, help="upload the final model to the Hub (needs network and a token)")

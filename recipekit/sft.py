@@ -71,7 +71,7 @@ def build(cfg: Options, splits: sft_data.SFTData, token: str | None, stop: StopO
     if deepspeed is None and cpu_speedups.enabled("frozen_prefix", trainer.args.device):
         cpu_speedups.reuse_frozen_prefix(trainer.model)  # the layers below the adapters: once per document
     # While training: heap reused, and (not under DeepSpeed's engine) frozen weights cast once, LoRA fused.
-    cpu_speedups.speed_up_training(trainer, model_paths=deepspeed is None)
+    cpu_speedups.speed_up_training(trainer, model_paths=deepspeed is None, reuse_heap=cfg.heap_reuse)
     return Run(cfg, recipe, splits, token, model_path, tokenizer, trainer)
 
 

@@ -237,7 +237,8 @@ def build_trainer(cfg: Config, blocks: Blocks, tokenizer, model, stop: StopOnSig
                       train_dataset=blocks.train, eval_dataset=blocks.eval, options=cfg, stop=stop,
                       callbacks=[log_starting_perplexity()])
     trainer.eval_collator = eval_collator
-    cpu_speedups.speed_up_training(trainer)  # while training: heap reused, frozen weights cast once, LoRA fused
+    # While training: heap reused (heap_reuse), frozen weights cast once, LoRA fused.
+    cpu_speedups.speed_up_training(trainer, reuse_heap=cfg.heap_reuse)
     return trainer
 
 

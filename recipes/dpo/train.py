@@ -193,7 +193,7 @@ def train(cfg: Config, pairs: Pairs, model_path: str, tokenizer, token: str | No
     cpu_speedups.use_plain_lm_head(trainer, peft=cfg.use_peft)
     # While training: heap reused, frozen weights cast once; PEFT's own LoRA forward, as the fused one did not pay
     # here (README).
-    cpu_speedups.speed_up_training(trainer, fuse_lora=False)
+    cpu_speedups.speed_up_training(trainer, fuse_lora=False, reuse_heap=cfg.heap_reuse)
     if cfg.use_peft and distributed.is_main():
         trainer.model.print_trainable_parameters()
 

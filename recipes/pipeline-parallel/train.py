@@ -197,7 +197,7 @@ def train(cfg: Config, splits: sft_data.SFTData, model_path: str, token: str | N
         state["log_history"].append({"step": 0, "eval_loss": before})
     history, step, run_losses, started = state["log_history"], state["global_step"], [], time.time()
     meter = progress.Meter(step)
-    with cpu_speedups.heap_kept_for_reuse(device):  # freed memory reused, not unmapped, on a CPU
+    with cpu_speedups.heap_kept_for_reuse(device, cfg.heap_reuse):  # freed memory reused, not unmapped, on a CPU
         while step < total_steps:
             indices = stream_indices(len(train_rows), cfg.seed, state["samples_seen"], step_rows)
             batch = collate(train_rows.select(indices).to_list())

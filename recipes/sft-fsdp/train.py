@@ -264,7 +264,8 @@ def train(cfg: Config, splits: sft_data.SFTData, token: str | None, stop: StopOn
     started, window, run_losses, saved_at = time.time(), [], [], state["step"]
     meter = progress.Meter(state["step"])
     # Freed memory reused, not unmapped, on a CPU; the loop's observers (a benchmark's probe) see every step.
-    with cpu_speedups.heap_kept_for_reuse(device), loop.observed(model, device, vars(cfg)) as step_observed:
+    with (cpu_speedups.heap_kept_for_reuse(device, cfg.heap_reuse),
+          loop.observed(model, device, vars(cfg)) as step_observed):
         while state["step"] < total:
             batches = rank_batches(len(train_items), cfg, state["epoch"], state["position"])
             if not batches:  # a checkpoint taken on a longer dataset, at the end of this epoch

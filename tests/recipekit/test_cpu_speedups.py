@@ -480,6 +480,21 @@ def test_the_training_paths_are_installed_for_train_only_even_when_it_raises(lor
                                  model=model, train=train)
     cpu_speedups.speed_up_training(nothing_on)
     assert nothing_on.train is train
+    # The run's heap_reuse: false leaves the heap as it is and the other paths on.
+    monkeypatch.setattr(cpu_speedups, "switched_off", set())
+    heap_unwanted = SimpleNamespace(args=SimpleNamespace(bf16=True, fp16=False, device=torch.device("cpu")),
+                                    model=model, train=train)
+    monkeypatch.setattr(cpu_speedups, "HeapReuse", None)  # made only where wanted
+    cpu_speedups.speed_up_training(heap_unwanted, reuse_heap=False)
+    seen.clear()
+    with pytest.raises(RuntimeError, match="stopped"):
+        heap_unwanted.train()
+    assert seen == [["partial"] * (15 + 14)]
+    monkeypatch.setattr(cpu_speedups, "switched_off", heap_only)
+    only_the_heap_unwanted = SimpleNamespace(args=SimpleNamespace(bf16=True, fp16=False, device=torch.device("cpu")),
+                                             model=model, train=train)
+    cpu_speedups.speed_up_training(only_the_heap_unwanted, reuse_heap=False)
+    assert only_the_heap_unwanted.train is train
 
 
 PAGE_FAULTS = """
@@ -549,11 +564,13 @@ def test_a_hand_written_loop_keeps_the_heap_for_reuse_and_gives_it_back_when_it_
     assert counts["restored"] > 10 * counts["reused"]
 
 
-@pytest.mark.parametrize(("device", "switched_off"), [("cuda", set()), ("cpu", {"heap_reuse"})])
-def test_a_hand_written_loop_keeps_glibcs_defaults_off_the_cpu_or_switched_off(device, switched_off):
+@pytest.mark.parametrize(("device", "switched_off", "wanted"),
+                         [("cuda", set(), True), ("cpu", {"heap_reuse"}, True), ("cpu", set(), False)])
+def test_a_hand_written_loop_keeps_glibcs_defaults_off_the_cpu_switched_off_or_unwanted(device, switched_off, wanted):
+    """Unwanted: the run's ``heap_reuse: false``."""
     counts = fault_counts(f"""
         cpu_speedups.switched_off.update({switched_off!r})
-        with cpu_speedups.heap_kept_for_reuse(torch.device({device!r})):
+        with cpu_speedups.heap_kept_for_reuse(torch.device({device!r}), wanted={wanted!r}):
             page_faults()
             counts["inside"] = page_faults()
     """)

@@ -103,7 +103,8 @@ def test_rerun_resumes_from_the_newest_complete_checkpoint(lora_run, tmp_path, t
     shutil.rmtree(out / "checkpoint-5")  # a half-written newer checkpoint must be skipped
     (out / "checkpoint-12").mkdir()
 
-    result = pretext(out, tiny_model, "max_steps=15")
+    result = pretext(out, tiny_model, "max_steps=15", "heap_reuse=false")
+    assert heap_kept_for_reuse(result) == 0  # heap_reuse: false leaves glibc's malloc as it is
     metrics = read_metrics(out)
     assert metrics["resumed_from"] == str(out / "checkpoint-10") and metrics["global_step"] == 15
     assert [row["step"] for row in metrics["log_history"] if "loss" in row] == list(range(1, 16))

@@ -145,8 +145,9 @@ def test_rerun_resumes_from_the_newest_complete_checkpoint(lora_run, tmp_path, t
     state = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())
     assert state["global_step"] == 8 and (out / "checkpoint-8" / "COMPLETE").is_file()
     # Also the precomputed-reference path: every pair is scored by the reference once, up front.
-    dpo(out, tiny_model, small_pairs, "max_steps=10", "save_steps=2", "merge_adapter=false",
-        "precompute_ref_log_probs=true")
+    result = dpo(out, tiny_model, small_pairs, "max_steps=10", "save_steps=2", "merge_adapter=false",
+                 "precompute_ref_log_probs=true", "heap_reuse=false")
+    assert heap_kept_for_reuse(result) == 0  # heap_reuse: false leaves glibc's malloc as it is
     metrics = read_metrics(out)
     assert metrics["resumed_from"] == str(out / "checkpoint-8")
     assert metrics["global_step"] == 10 and (out / "checkpoint-10" / "COMPLETE").is_file()

@@ -96,8 +96,11 @@ def test_sigterm_resume_and_both_schedules_match_the_single_process_run(tmp_path
     assert resumed["world_size"] == 2 and resumed["layers_per_stage"] == [1, 1] and resumed["schedule"] == "gpipe"
     assert [row["step"] for row in resumed["log_history"] if "loss" in row] == list(range(1, steps + 1))
 
-    single = pipeline(tmp_path / "one", tiny_model, small_hotel, f"max_steps={steps}", "save_steps=1000",
-                      "eval_split=null", *CONSTANT, nproc=1)
+    one = run_launcher(*launcher_args(tmp_path / "one", tiny_model, small_hotel, f"max_steps={steps}",
+                                      "save_steps=1000", "eval_split=null", "heap_reuse=false", *CONSTANT, nproc=1))
+    assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
+    assert heap_kept_for_reuse(one) == 0  # heap_reuse: false leaves glibc's malloc as it is, and no loss changes
+    single = read_metrics(tmp_path / "one")
     assert single["world_size"] == 1 and single["layers_per_stage"] == [2]
     assert single["first_step_loss"] == pytest.approx(
         reference_first_step_loss(small_hotel, seed=42, rows=4, seq_length=TINY_SEQ_LENGTH), rel=1e-5)

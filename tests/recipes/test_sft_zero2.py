@@ -47,11 +47,13 @@ def test_trains_with_two_ranks_and_resumes_with_the_engine_checkpoint(tmp_path, 
 def test_one_process_without_torchrun_trains_as_the_sft_recipe_does(tmp_path, tiny_model, small_hotel):
     """`launcher run recipes/sft-zero2` on one device starts no torchrun; the engine still gets its process
     group (DeepSpeed would otherwise look for an MPI launcher), and trains what sft trains."""
-    runs = {}
-    for recipe in ("sft", "sft-zero2"):
+    runs, logs = {}, {}
+    for recipe, heap_reuse in (("sft", "true"), ("sft-zero2", "false")):  # the heap changes no result either
         out = tmp_path / recipe
-        sft(out, tiny_model, small_hotel, "eval_answer_field=null", "max_steps=3", "save_steps=100", recipe=recipe)
+        logs[recipe] = sft(out, tiny_model, small_hotel, "eval_answer_field=null", "max_steps=3", "save_steps=100",
+                           f"heap_reuse={heap_reuse}", recipe=recipe)
         runs[recipe] = read_metrics(out)
+    assert heap_kept_for_reuse(logs["sft"]) == 1 and heap_kept_for_reuse(logs["sft-zero2"]) == 0
     engine, plain = runs["sft-zero2"], runs["sft"]
     assert engine["world_size"] == 1 and engine["global_step"] == 3
     assert (tmp_path / "sft-zero2" / "checkpoint-3" / "global_step3").is_dir()
