@@ -63,15 +63,37 @@ def _offloads_optimizer(ds_config: dict) -> bool:
     return ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "cpu"
 
 
-def use_torch_adamw(ds_config: dict) -> None:
-    """On the CPU accelerator: have DeepSpeed build torch's fused AdamW instead of its own CPU fused
-    Adam, which has to be compiled first and steps no faster. A ``torch_adam`` the config sets is
-    kept, and offloaded optimizer states keep DeepSpeed's CPU Adam."""
+def use_torch_adamw(ds_config: dict) -> bool:
+    """Have DeepSpeed build torch's fused AdamW instead of its own fused Adam; whether the config changed.
+    A ``torch_adam`` the config sets is kept, and offloaded optimizer states keep DeepSpeed's CPU Adam."""
     optimizer = _adam(ds_config)
     if optimizer is not None and not _offloads_optimizer(ds_config):
         params = optimizer.setdefault("params", {})
         if "torch_adam" not in params:
             params.update(torch_adam=True, fused=True)
+            return True
+    return False
+
+
+def fused_adam_loadable() -> bool:
+    """Whether DeepSpeed's CUDA fused Adam can be had: built into this install (as in the CUDA image) or
+    compiled here (a CUDA toolkit where torch's extension builder looks for one)."""
+    from deepspeed.git_version_info import installed_ops
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    return bool(installed_ops.get("fused_adam")) or CUDA_HOME is not None
+
+
+def choose_adam(ds_config: dict, on_cpu: bool) -> None:
+    """Torch's fused AdamW where DeepSpeed's own fused Adam cannot be had cheaply: on the CPU accelerator
+    always (its CPU fused Adam compiles for over a minute and steps no faster), and on a GPU when the CUDA
+    one is neither built into the install nor compilable (a pip install without the CUDA toolkit), where
+    the engine would otherwise fail as it starts."""
+    if on_cpu:
+        use_torch_adamw(ds_config)
+    elif not fused_adam_loadable() and use_torch_adamw(ds_config):
+        log.warning("DeepSpeed's fused Adam is not built into this install and there is no CUDA toolkit to "
+                    "compile it: torch's fused AdamW instead (the CUDA image has DeepSpeed's prebuilt)")
 
 
 def _tensor_parallel(ds_config: dict) -> bool:

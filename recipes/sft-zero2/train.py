@@ -86,8 +86,7 @@ def main(cfg: Config, check_only: bool) -> None:
 
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    if os.environ.get("DS_ACCELERATOR") == "cpu":
-        deepspeed_ops.use_torch_adamw(ds)
+    deepspeed_ops.choose_adam(ds, on_cpu=os.environ.get("DS_ACCELERATOR") == "cpu")
     deepspeed_ops.prepare(ds)
     # DeepSpeed needs a process group and torchrun's rank variables (else it looks for an MPI launcher):
     # one process started without torchrun gets a group of its own.

@@ -48,6 +48,25 @@ def test_on_cpu_adamw_becomes_torchs_fused_adamw_and_no_op_is_built():
     assert deepspeed_ops.ops_for(ds) == []
 
 
+def test_on_a_gpu_torchs_fused_adamw_only_where_deepspeeds_cannot_be_loaded(monkeypatch, caplog):
+    """No GPU here, so ``fused_adam_loadable`` (DeepSpeed's prebuilt ops, torch's CUDA_HOME) is made to give
+    each answer in turn; what ``choose_adam`` does with each is the real code."""
+    for loadable in (True, False):
+        monkeypatch.setattr(deepspeed_ops, "fused_adam_loadable", lambda: loadable)
+        ds = zero2({"type": "AdamW", "params": {"lr": 1e-3}})
+        caplog.clear()
+        deepspeed_ops.choose_adam(ds, on_cpu=False)
+        assert deepspeed_ops.ops_for(ds) == ([] if not loadable else ["FusedAdamBuilder"])
+        assert ("no CUDA toolkit to compile it: torch's fused AdamW instead" in caplog.text) == (not loadable)
+    chosen = zero2({"type": "AdamW", "params": {"torch_adam": False}})
+    deepspeed_ops.choose_adam(chosen, on_cpu=False)  # the user's own choice stands, and so does its failure
+    assert chosen["optimizer"]["params"] == {"torch_adam": False}
+    on_cpu = zero2({"type": "AdamW"})
+    monkeypatch.setattr(deepspeed_ops, "fused_adam_loadable", lambda: True)
+    deepspeed_ops.choose_adam(on_cpu, on_cpu=True)
+    assert deepspeed_ops.ops_for(on_cpu) == []
+
+
 def test_a_users_own_choice_and_offloaded_states_keep_deepspeeds_adam():
     chosen = zero2({"type": "Adam", "params": {"torch_adam": False}})
     deepspeed_ops.use_torch_adamw(chosen)

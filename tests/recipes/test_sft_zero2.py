@@ -74,3 +74,18 @@ def test_per_parameter_learning_rates_are_refused_naming_the_key():
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert f"error: {key}: per-parameter learning rates are not supported here (DeepSpeed builds the " \
                "optimizer); use recipes/sft" in result.stderr
+
+
+@pytest.mark.gpu
+def test_one_process_on_one_gpu_in_bf16(tmp_path, tiny_model, small_hotel):
+    """The GPU benchmark's sft-zero2 row in small: one process, no torchrun, DeepSpeed's CUDA fused Adam where it
+    can be loaded or compiled, torch's fused AdamW (with a warning) where it cannot."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU: run `make test-gpu` on a GPU machine")
+    out = tmp_path / "gpu"
+    sft(out, tiny_model, small_hotel, "eval_answer_field=null", "bf16=true", recipe="sft-zero2")
+    metrics = read_metrics(out)
+    losses = logged_losses(metrics)
+    assert metrics["device"].startswith("cuda") and metrics["world_size"] == 1 and losses[-1] < losses[0]
