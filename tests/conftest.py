@@ -25,6 +25,24 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def pytest_configure(config):
+    """The processes ``make test`` starts write their temporary files (torchrun's ``torchelastic_*`` log folders,
+    wandb's) into one folder of this pytest process, removed when it ends, not into the machine's temp dir. The
+    image tests keep the temp dir podman is set up with."""
+    import tempfile
+
+    if not config.getoption("--images"):
+        config.own_tmpdir = tempfile.mkdtemp(prefix="ft-recipes-tests-")
+        os.environ["TMPDIR"] = config.own_tmpdir  # for child processes; this one has read its temp dir already
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    if getattr(config, "own_tmpdir", None):
+        shutil.rmtree(config.own_tmpdir, ignore_errors=True)
+
+
 def pytest_addoption(parser):
     parser.addoption("--images", action="store_true",
                      help="run only the tests inside the built CPU image (make test-images); without it they are left out")
