@@ -327,18 +327,24 @@ def test_the_scaling_plot_draws_one_line_per_tool_and_process_count(tmp_path):
     assert (tmp_path / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.slow
-def test_gpu_path_runs_on_cpu_with_a_tiny_model_and_writes_real_numbers(tmp_path):
-    """The GPU suite's path end to end (random model from a config, peer + recipe, MFU), on a CPU."""
+def gpu_suite_on_cpu(out: Path, only: str, steps: int) -> tuple[Path, dict]:
+    """``python -m bench.run --suite gpu`` of the ``only`` rows with the tiny random model, on this CPU; the result
+    file and what it holds."""
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("on a GPU this would run the full-size suite: use make bench there")
-    code = run.main(["--suite", "gpu", "--shape", "tiny", "--only", "sft-lora", "--steps", "2", "--seq-length", "256",
-                     "--peak-tflops", "1", "--timeout", "300", "--out", str(tmp_path)])
+    code = run.main(["--suite", "gpu", "--shape", "tiny", "--only", only, "--steps", str(steps), "--seq-length", "256",
+                     "--peak-tflops", "1", "--timeout", "300", "--out", str(out)])
     assert code == 0
-    (result_file,) = tmp_path.glob("*-gpu.json")
-    result = json.loads(result_file.read_text())
+    (result_file,) = out.glob("*-gpu.json")
+    return result_file, json.loads(result_file.read_text())
+
+
+@pytest.mark.slow
+def test_gpu_path_runs_on_cpu_with_a_tiny_model_and_writes_real_numbers(tmp_path):
+    """The GPU suite's path end to end (random model from a config, peer + recipe, MFU), on a CPU."""
+    result_file, result = gpu_suite_on_cpu(tmp_path, "sft-lora", steps=2)
     assert result["suite"] == "gpu" and result["seq_length"] == 256 and result["steps"] == 2
     assert len(result["load_before"]) == 3 and result["environment"]["versions"]["trl"]
     assert "no GPU in this run" in result["goals"][0]
@@ -368,15 +374,7 @@ def test_gpu_path_runs_on_cpu_with_a_tiny_model_and_writes_real_numbers(tmp_path
 @pytest.mark.slow
 def test_gpu_suites_fsdp_and_zero2_rows_run_on_cpu_and_probe_fsdps_own_loop(tmp_path):
     """sft-fsdp trains in a loop of its own, without a Trainer: its row is timed through the loop's observer."""
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("on a GPU this would run the full-size suite: use make bench there")
-    code = run.main(["--suite", "gpu", "--shape", "tiny", "--only", "sft-zero2", "--steps", "3", "--seq-length", "256",
-                     "--peak-tflops", "1", "--timeout", "300", "--out", str(tmp_path)])
-    assert code == 0
-    (result_file,) = tmp_path.glob("*-gpu.json")
-    result = json.loads(result_file.read_text())
+    result_file, result = gpu_suite_on_cpu(tmp_path, "sft-zero2", steps=3)
     fsdp, zero2 = result["rows"]
     assert (fsdp["name"], zero2["name"]) == ("sft-fsdp", "sft-zero2")
     for row in (fsdp, zero2):
