@@ -1,5 +1,6 @@
 """What a hand-written training loop (sft-fsdp, pipeline-parallel) takes from transformers' Trainer
-stack, without importing it: seeding, the learning-rate schedules and the causal-LM loss.
+stack, without importing it: seeding, the learning-rate schedules, the causal-LM loss, and observers
+in place of callbacks (``observed``; sft-fsdp's loop has them, for the benchmark's probe).
 
 ``transformers.optimization`` and ``transformers.trainer_utils`` import peft and bitsandbytes,
 CPU time in every rank before its first step (docs/benchmarks.md). The schedules here are the curves of

@@ -9,8 +9,8 @@ The training itself is the sft recipe's, recipekit.sft (same keys, data handling
 this recipe adds the DeepSpeed engine. It runs as one process or under torchrun, never under the
 ssh-based `deepspeed` launcher, so it runs the same in a Kubernetes pod and under srun. `zero2.json`
 next to this file is the DeepSpeed config; its "auto" values are filled from the recipe config and
-the resolved copy is written to `<output_dir>/deepspeed_config.json`. Checkpoints are saved and resumed by
-the DeepSpeed engine's own save/load (inside the usual atomic checkpoint-N directories).
+the resolved copy is written to `<output_dir>/deepspeed_config.json`. Checkpoints are saved and
+resumed by the DeepSpeed engine's own save/load (inside the usual atomic checkpoint-N directories).
 """
 
 from __future__ import annotations
