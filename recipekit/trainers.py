@@ -21,6 +21,25 @@ log = logging.getLogger("recipekit")
 added_callbacks: list[Callable[[], Any]] = []
 
 
+class NothingLeftToTrain(Exception):
+    """``train()`` resumed from a checkpoint at or past the run's last step (a finished run started again)."""
+
+
+def finished_run_guard():
+    """A TrainerCallback that ends ``train()`` before its first step when the checkpoint it resumed from is at
+    or past the last step. The Trainer would otherwise run one step more before it checks ``max_steps``
+    (whenever the last step falls inside an epoch): a step past the end of the schedule, and a checkpoint
+    after it."""
+    from transformers import TrainerCallback
+
+    class StopWhenFinished(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.max_steps > 0 and state.global_step >= state.max_steps:
+                raise NothingLeftToTrain(f"resumed at step {state.global_step} of {state.max_steps}")
+
+    return StopWhenFinished()
+
+
 def arguments(train: TrainingOptions, eval_batch_scale: int = 1, recipe: str = "run") -> dict[str, Any]:
     """TrainingArguments keywords that follow directly from the shared options; ``recipe`` names the run for
     the trackers.
@@ -66,7 +85,8 @@ class RecipeTrainerMixin:
     def __init__(self, *args, options: TrainingOptions, stop: StopOnSignal, callbacks=(), **kwargs):
         self.recipe_options, self.stop_on_signal = options, stop
         self.replica_guard = replicas.trainer_callback(options.replica_check_steps)
-        callbacks = [stop.trainer_callback(), self.replica_guard, *callbacks, *(make() for make in added_callbacks)]
+        callbacks = [finished_run_guard(), stop.trainer_callback(), self.replica_guard, *callbacks,
+                     *(make() for make in added_callbacks)]
         if not getattr(kwargs.get("args"), "deepspeed", None):  # DeepSpeed's optimizer holds flat copies
             callbacks.append(updates.trainer_callback())
         super().__init__(*args, callbacks=[*callbacks, progress.trainer_callback()], **kwargs)
@@ -113,7 +133,16 @@ class RecipeTrainerMixin:
         self.apply_min_steps()
         evaluate.evaluate_when_training_starts(self, evaluate_first)
         distributed.barrier()
-        result = self.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        try:
+            result = self.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        except NothingLeftToTrain as done:
+            # The model and the state are the checkpoint's; end the run as train() would have ended it.
+            self.is_in_train = False
+            self.control = self.callback_handler.on_train_end(self.args, self.state, self.control)
+            if distributed.is_main():
+                print(f"nothing left to train: {done}", flush=True)
+            return dict(train_loss=None, global_step=self.state.global_step, train_runtime_s=0.0,
+                        replicas_checked_at_steps=self.replica_guard.checked)
         if self.stop_on_signal.stopped:
             raise Preempted(f"checkpoint saved at step {self.state.global_step}")
         return dict(train_loss=result.training_loss, global_step=self.state.global_step,

@@ -120,6 +120,24 @@ def test_rerun_resumes_from_the_newest_complete_checkpoint(lora_run, tmp_path, t
     assert logged_losses(metrics)[:8] == logged_losses(lora_run[2])
 
 
+def test_a_finished_run_started_again_trains_no_step_past_its_last(lora_run, tmp_path, tiny_model, small_hotel):
+    """A requeued job that had finished resumes at its last step. Its 8 steps end inside the second epoch (7 steps
+    an epoch), where the Trainer would run a ninth step before checking max_steps; nothing is trained, and the
+    outputs are the finished run's."""
+    finished_dir, _, finished = lora_run
+    out = tmp_path / "finished"
+    shutil.copytree(finished_dir, out)
+    result = sft(out, tiny_model, small_hotel)
+    metrics = read_metrics(out)
+    assert metrics["resumed_from"] == str(out / "checkpoint-8") and metrics["global_step"] == 8
+    assert "nothing left to train: resumed at step 8 of 8" in result.stdout
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
+    assert logged_losses(metrics) == logged_losses(finished)
+    assert metrics["eval_loss_after"] == pytest.approx(finished["eval_loss_after"], rel=1e-6)
+    assert metrics["train_loss"] is None  # none trained in this run, rather than 0
+    assert "train_loss" not in (out / "model" / "README.md").read_text()
+
+
 def test_a_rerun_on_changed_data_stops_instead_of_resuming_and_keeps_the_checkpoints(lora_run, tmp_path, tiny_model,
                                                                                      small_hotel):
     out = tmp_path / "changed"

@@ -43,6 +43,13 @@ def test_trains_with_two_ranks_and_resumes_with_the_engine_checkpoint(tmp_path, 
     assert resumed["replicas_checked_at_steps"] == [6]  # the default: at checkpoints and the last step
     AutoPeftModelForCausalLM.from_pretrained(out / "model")
 
+    # Started again once finished: the engine loads the last checkpoint and trains no step past it.
+    result = zero2(out, tiny_model, small_hotel, "max_steps=6", "save_steps=2")
+    again = read_metrics(out)
+    assert "nothing left to train: resumed at step 6 of 6" in result.stdout and again["global_step"] == 6
+    assert again["eval_loss_after"] == pytest.approx(resumed["eval_loss_after"], rel=1e-6)
+    assert not (out / "checkpoint-7").exists()
+
 
 def test_one_process_without_torchrun_trains_as_the_sft_recipe_does(tmp_path, tiny_model, small_hotel):
     """`launcher run recipes/sft-zero2` on one device starts no torchrun; the engine still gets its process
