@@ -77,7 +77,8 @@ class RecipeTrainerMixin:
     - The optimizer follows ``layer_lr_decay`` and ``lr_multipliers`` (``optim``), built once the
       Trainer has wrapped the model, so LoRA's trainable parameters are the ones grouped.
     - ``stop`` saves and stops the run on a signal; the replica guard compares data-parallel ranks; the
-      first-update guard (``updates``) stops a run in which a trainable parameter group does not move.
+      first-update guard (``updates``) stops a run in which a trainable parameter group does not move; the
+      finished-run guard keeps a finished run that is started again from training past its last step.
     - Progress: one line per logging step from the job's first process (``progress``), instead of the
       Trainer's dict per log from every node.
     """

@@ -79,16 +79,28 @@ def log_of(job_id: str) -> str:
 
 
 def preempt_when(job_id: str, ready, errors: list) -> None:
-    """SIGTERM as Slurm's preemption sends it, once ``ready()``: to the tasks of the job's steps and to its
-    batch shell (not to the shell's children: srun would end the step on it)."""
+    """SIGTERM as Slurm's preemption sends it, once ``ready()``: to the job's batch shell (not to the shell's
+    children: srun would end the step on it) and to the tasks of its steps.
+
+    The batch shell's first, and the tasks' once its trap has run: Slurm delivers the two independently, and
+    the tiny model's steps end within a fraction of a second, so a batch signal that arrived after the step
+    had ended (once it came only after the requeue) would leave the shell taking the step's 143 for a node's
+    failure."""
     try:
         deadline = time.monotonic() + 900
         while not ready():
             assert time.monotonic() < deadline, "no checkpoint before the deadline"
             time.sleep(0.05)
-        for where in ([], ["--batch"]):
-            result = subprocess.run(["scancel", "--signal=TERM", *where, job_id], capture_output=True, text=True)
-            assert result.returncode == 0, result.stderr
+        signal_job = ["scancel", "--signal=TERM", job_id]
+        result = subprocess.run([*signal_job, "--batch"], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        log = Path(job_fields(job_id)[0]["StdOut"])
+        trapped_by = time.monotonic() + 120  # then the steps are signalled anyway, and the test says what followed
+        while "== SIGTERM: asking the training processes" not in log.read_text(errors="replace") \
+                and time.monotonic() < trapped_by:
+            time.sleep(0.1)
+        result = subprocess.run(signal_job, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
     except Exception as exc:  # noqa: BLE001 - reported by the test that joins this thread
         errors.append(exc)
 
