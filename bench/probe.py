@@ -52,14 +52,6 @@ def batch_tokens(inputs: dict[str, Any]):
     return tokens, len_sq.to(torch.int64), loss_tokens
 
 
-def item_tokens(items: list[dict[str, Any]]) -> tuple[int, int, int]:
-    """``batch_tokens`` of packed items (``recipekit.sft_data.pack_items``: one list per key, each
-    document's position ids counting 0, 1, ...), without the padding a collator would add."""
-    positions = [p for item in items for p in item["position_ids"]]
-    loss_tokens = sum(label != -100 for item in items for label in item["labels"])
-    return len(positions), sum(2 * p + 1 for p in positions), loss_tokens
-
-
 def model_shape(model) -> dict[str, Any]:
     """What the FLOPs formulas need: parameter counts and the attention shape."""
     import torch
@@ -178,7 +170,10 @@ class Probe(TrainerCallback):
     def loop_step_end(self, device, items: list[dict[str, Any]]) -> None:
         import torch
 
-        self.add(tuple(torch.tensor(n) for n in item_tokens(items)))
+        # The packed items (recipekit.sft_data.pack_items) as one padding-free row, counted as a Trainer's is.
+        row = {key: torch.tensor([[value for item in items for value in item[key]]])
+               for key in ("input_ids", "position_ids", "labels")}
+        self.add(batch_tokens(row))
         self.step_end(device)
 
     def loop_end(self, steps: int) -> None:

@@ -167,19 +167,16 @@ def test_batch_tokens_counts_padded_and_packed_batches():
 
 
 def test_a_hand_written_loop_is_probed_through_its_observer_on_the_items_it_trained(tmp_path, monkeypatch):
-    """The probe as ``recipekit.loop.observed`` drives it: tokens of the packed items, never the padding their
-    micro-batch adds, the same counts ``batch_tokens`` gives the padding-free batch of them."""
+    """The probe as ``recipekit.loop.observed`` drives it: tokens, squared document lengths and loss tokens of
+    the packed items, never the padding their micro-batch adds."""
     import torch
 
-    from bench.probe import Probe, batch_tokens, item_tokens
+    from bench.probe import Probe, batch_tokens
     from recipekit import loop
     from recipekit.sft_data import collate_items
 
     items = [{"input_ids": [1, 2, 3, 4, 5], "labels": [-100, 2, 3, -100, 5], "position_ids": [0, 1, 2, 0, 1]},
              {"input_ids": [1, 2], "labels": [-100, 2], "position_ids": [0, 1]}]
-    flat = {key: torch.tensor([[v for item in items for v in item[key]]]) for key in ("input_ids", "labels",
-                                                                                       "position_ids")}
-    assert item_tokens(items) == tuple(int(v) for v in batch_tokens(flat)) == (7, 9 + 4 + 4, 4)
     padded = collate_items(items, pad_id=0, device="cpu")
     assert padded["input_ids"].numel() == 10 and int(batch_tokens(padded)[0]) == 10  # what a forward hook would see
 
@@ -194,7 +191,8 @@ def test_a_hand_written_loop_is_probed_through_its_observer_on_the_items_it_trai
         step_end(items)
         step_end(items[:1])
     record = json.loads(out.read_text())
-    assert [(s["tokens"], s["loss_tokens"]) for s in record["steps"]] == [(7, 4), (12, 7)]
+    # Documents of 3, 2 and 2 tokens, then of 3 and 2: the squared lengths 9 + 4 + 4, then 9 + 4 more.
+    assert [(s["tokens"], s["doc_len_sq"], s["loss_tokens"]) for s in record["steps"]] == [(7, 17, 4), (12, 30, 7)]
     assert record["global_step"] == 2 and record["device"] == "cpu" and record["model"]["params_total"] == 90
     assert record["settings"]["per_device_train_batch_size"] == 2 and record["settings"]["max_length"] == 8
     assert record["settings"]["bf16"] is True and record["settings"]["padding_free"] is None
