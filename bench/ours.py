@@ -9,8 +9,8 @@ For the ablation rows, each of these switches one CPU speed path (``recipekit.cp
 BENCH_TRL_LOSS=1 (TRL's own loss instead of the plain one), BENCH_FULL_LOGITS=1 (LM head on every
 position), BENCH_NO_DOC_ATTENTION=1 (stock SDPA with the packed block mask), BENCH_NO_FROZEN_PREFIX=1
 (the frozen layers below the adapters run in every epoch), BENCH_NO_WEIGHT_COPIES=1 (frozen weights cast
-at every forward), BENCH_NO_FUSED_LORA=1 (PEFT's own LoRA forward), BENCH_NO_HEAP_REUSE=1 (glibc's
-malloc with its defaults).
+at every forward), BENCH_NO_PACKED_WEIGHTS=1 (the kept copies in the plain layout), BENCH_NO_FUSED_LORA=1
+(PEFT's own LoRA forward), BENCH_NO_HEAP_REUSE=1 (glibc's malloc with its defaults).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from recipekit import cpu_speedups, loop, trainers
 
 ABLATIONS = {"BENCH_TRL_LOSS": "plain_loss", "BENCH_FULL_LOGITS": "trained_positions",
              "BENCH_NO_DOC_ATTENTION": "document_attention", "BENCH_NO_FROZEN_PREFIX": "frozen_prefix",
-             "BENCH_NO_WEIGHT_COPIES": "frozen_weight_copies", "BENCH_NO_FUSED_LORA": "fused_lora",
+             "BENCH_NO_WEIGHT_COPIES": "frozen_weight_copies",
+             "BENCH_NO_PACKED_WEIGHTS": "packed_frozen_weights", "BENCH_NO_FUSED_LORA": "fused_lora",
              "BENCH_NO_HEAP_REUSE": "heap_reuse"}
 
 

@@ -54,6 +54,7 @@ DEFAULT_STEPS = {"cpu": 30, "gpu": 30, "ablation": 20, "scaling": 4}
 SCALING_LENGTHS = (256, 512, 1024, 2048)
 SCALING_PROCESSES = (1, 2)
 MATMUL_LIMIT = "matmul-limit"  # the row that holds the machine's measured matmul throughput
+LIMIT_TOOL = "torch.matmul, packed weights"  # frozen weights: the faster of the two (bench/matmul.py)
 ZERO2_FSDP_TOLERANCE = 0.10  # the GPU goal: ZeRO-2's tokens/s within this fraction of FSDP's
 NOISY_SHARE = 0.05  # other processes' share of all CPUs during a row above which the table warns
 
@@ -151,9 +152,9 @@ def three_rows(kind: str, lora: bool, both: dict[str, Any], cuda: bool, batch: i
 
 def limit_scenario(model: str, rows: int) -> Scenario:
     """The machine's matmul throughput at ``model``'s shapes with ``rows`` rows (bench/matmul.py)."""
-    return Scenario(MATMUL_LIMIT, "torch.matmul", False, ["-m", "bench.matmul", model, str(rows)],
+    return Scenario(MATMUL_LIMIT, LIMIT_TOOL, False, ["-m", "bench.matmul", model, str(rows)],
                     note="dense matmuls at the model's weight shapes, one micro-batch of rows (TFLOP/s: LoRA's "
-                         "frozen weights / full fine-tuning)")
+                         "frozen weights, each matmul's faster kernel / full fine-tuning, torch.matmul)")
 
 
 def plan(suite: str, workdir: Path, data_dir: Path, model: str, seq_length: int, steps: int, cuda: bool,
@@ -198,6 +199,8 @@ def plan(suite: str, workdir: Path, data_dir: Path, model: str, seq_length: int,
                  **both),
             ours("no-weight-copies", lora=True, baselines=vs, env={"BENCH_NO_WEIGHT_COPIES": "1"},
                  note="cpu path frozen_weight_copies off: the frozen weights cast to bf16 in every forward", **both),
+            ours("no-packed-weights", lora=True, baselines=vs, env={"BENCH_NO_PACKED_WEIGHTS": "1"},
+                 note="cpu path packed_frozen_weights off: the kept bf16 copies in the plain layout", **both),
             ours("no-fused-lora", lora=True, baselines=vs, env={"BENCH_NO_FUSED_LORA": "1"},
                  note="cpu path fused_lora off: PEFT's own LoRA forward", **both),
             ours("no-heap-reuse", lora=True, baselines=vs, env={"BENCH_NO_HEAP_REUSE": "1"},
@@ -441,7 +444,7 @@ def gib(value: float | None) -> str:
 def limit_row(scenario: Scenario, record: dict[str, Any]) -> dict[str, Any]:
     """The matmul-limit row from bench/matmul.py's record."""
     foreign = record["foreign_cpu_s"]
-    return {"name": scenario.name, "kind": MATMUL_LIMIT, "tool": "torch.matmul", "lora": None, "note": scenario.note,
+    return {"name": scenario.name, "kind": MATMUL_LIMIT, "tool": LIMIT_TOOL, "lora": None, "note": scenario.note,
             "command": shlex.join(["python", *scenario.argv]), "rows": record["rows"], "repeats": record["repeats"],
             "limits_tflops": record["limits_tflops"], "timings": record["timings"],
             "process_wall_s": record["wall_s"], "foreign_cpu_s": foreign,

@@ -19,6 +19,9 @@ transformers, TRL or torch it leans on, so an upgrade that moves that API fails 
 - ``frozen_weight_copies`` (``FrozenWeightCopies``): in training, frozen float32 Linear weights (a LoRA
   base) kept cast to the autocast dtype instead of cast at every forward (``torch.get_autocast_dtype``,
   ``Tensor._version``).
+- ``packed_frozen_weights``: within it, each kept bf16 copy held twice in oneDNN's blocked layout (one for the
+  forward, one transposed for the gradient to the input) and multiplied with ``torch.ops.mkldnn._linear_pointwise``
+  (``_reorder_linear_weight``, ``_is_mkldnn_bf16_supported``), which skips the per-call reorder of a plain weight.
 - ``fused_lora`` (``FusedLora``): in training, a LoRA Linear's update added by one ``addmm`` with the scaling
   folded into ``lora_B``, and its input cast to the autocast dtype once (PEFT's ``LoraLayer`` attributes:
   ``lora_A``, ``lora_B``, ``lora_dropout``, ``scaling``, ``lora_variant``, ``merged``, ``disable_adapters``).
@@ -41,7 +44,7 @@ from recipekit.data import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 PATHS = ("plain_loss", "trained_positions", "document_attention", "frozen_prefix", "plain_lm_head",
-         "cached_weight_casts", "frozen_weight_copies", "fused_lora", "heap_reuse")
+         "cached_weight_casts", "frozen_weight_copies", "packed_frozen_weights", "fused_lora", "heap_reuse")
 switched_off: set[str] = set()  # the benchmark's ablation rows switch single paths off (bench/ours.py)
 
 
@@ -429,15 +432,21 @@ class FrozenWeightCopies:
     dtype changes. ``speed_up_training`` installs it for the length of ``train()`` only, so no
     copy outlives the loop (an adapter merge writes through ``.data``). Copies stop at ``max_bytes``;
     the rest are cast per call as before.
+
+    With ``packed`` (bf16 where oneDNN supports it), a copy is kept in oneDNN's blocked layout, twice: the
+    weight for the forward and its transpose for the gradient to the input (``PackedFrozenLinear``). A plain
+    weight is reordered into that layout inside every matmul; a packed one is not, which made these matmuls
+    faster here (docs/benchmarks.md). It costs a second copy's memory.
     """
 
-    def __init__(self, model, max_bytes: int = DEFAULT_MAX_BYTES):
+    def __init__(self, model, max_bytes: int = DEFAULT_MAX_BYTES, packed: bool = False):
         import torch
 
         self.modules = [m for m in model.modules() if type(m) is torch.nn.Linear
                         and m.weight.dtype == torch.float32 and not m.weight.requires_grad]
         self.max_bytes = max_bytes
-        self.copies: dict[int, tuple[Any, int, Any]] = {}  # id(module) -> (dtype, weight version, copy)
+        self.packed = packed
+        self.copies: dict[int, tuple[Any, int, Any, int]] = {}  # id(module) -> (dtype, version, copy or pair, bytes)
         self.stored_bytes = 0
 
     def install(self) -> None:
@@ -459,13 +468,63 @@ class FrozenWeightCopies:
         dtype = torch.get_autocast_dtype("cpu")
         kept = self.copies.get(id(module))
         if kept is not None and kept[0] == dtype and kept[1] == weight._version:
-            return torch.nn.functional.linear(x, kept[2], module.bias)
+            return self._linear(module, x, kept[2])
         copy = weight.detach().to(dtype)
-        stored = self.stored_bytes - (kept[2].nbytes if kept is not None else 0)
-        if stored + copy.nbytes <= self.max_bytes:
-            self.copies[id(module)] = (dtype, weight._version, copy)
-            self.stored_bytes = stored + copy.nbytes
-        return torch.nn.functional.linear(x, copy, module.bias)
+        size = copy.nbytes
+        if self.packed and packs_weights(dtype):
+            rows = x.numel() // x.shape[-1] or 1  # oneDNN picks the blocked layout for this many rows
+            copy = (torch.ops.mkldnn._reorder_linear_weight(copy, rows),
+                    torch.ops.mkldnn._reorder_linear_weight(copy.t().contiguous(), rows))
+            size *= 2
+        stored = self.stored_bytes - (kept[3] if kept is not None else 0)
+        if stored + size <= self.max_bytes:
+            self.copies[id(module)] = (dtype, weight._version, copy, size)
+            self.stored_bytes = stored + size
+        return self._linear(module, x, copy)
+
+    @staticmethod
+    def _linear(module, x, copy):
+        import torch
+
+        if not isinstance(copy, tuple):
+            return torch.nn.functional.linear(x, copy, module.bias)
+        forward, transposed = copy
+        dtype = forward.dtype
+        bias = None if module.bias is None else module.bias.to(dtype)
+        return packed_frozen_linear().apply(x.to(dtype), forward, transposed, bias)
+
+
+@functools.cache
+def packs_weights(dtype) -> bool:
+    """Whether this torch build and CPU run oneDNN's packed-weight linear in ``dtype`` (bf16: if the CPU has it)."""
+    import torch
+
+    mkldnn = torch.ops.mkldnn
+    if dtype not in (torch.bfloat16, torch.float32) or not torch.backends.mkldnn.is_available() or not all(
+            hasattr(mkldnn, op) for op in ("_reorder_linear_weight", "_linear_pointwise", "_is_mkldnn_bf16_supported")):
+        return False
+    return dtype == torch.float32 or bool(mkldnn._is_mkldnn_bf16_supported())
+
+
+@functools.cache
+def packed_frozen_linear():
+    """``x @ W^T + b`` for a frozen ``W`` held packed (``FrozenWeightCopies``): the gradient goes to ``x`` only,
+    through the packed transpose."""
+    import torch
+
+    linear = torch.ops.mkldnn._linear_pointwise
+
+    class PackedFrozenLinear(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, forward, transposed, bias):
+            ctx.transposed = transposed
+            return linear(x.contiguous(), forward, bias, "none", [], "")
+
+        @staticmethod
+        def backward(ctx, grad):
+            return linear(grad.contiguous(), ctx.transposed, None, "none", [], ""), None, None, None
+
+    return PackedFrozenLinear
 
 
 class FusedLora:
@@ -586,12 +645,13 @@ def heap_kept_for_reuse(device, wanted: bool = True):
 def speed_up_training(trainer, fuse_lora: bool = True, model_paths: bool = True, reuse_heap: bool = True) -> None:
     """Make ``trainer.train()`` run with the training-only CPU paths installed when it trains on a CPU, and removed
     when it returns or raises: ``HeapReuse`` (unless ``reuse_heap``, the run's ``heap_reuse`` key, is false), and
-    in bf16 or fp16 ``FrozenWeightCopies`` and ``FusedLora`` (unless ``fuse_lora`` is false). Without
-    ``model_paths`` (a model wrapped by DeepSpeed) only the heap."""
+    in bf16 or fp16 ``FrozenWeightCopies`` (packed where ``packed_frozen_weights`` is on) and ``FusedLora`` (unless
+    ``fuse_lora`` is false). Without ``model_paths`` (a model wrapped by DeepSpeed) only the heap."""
     args = trainer.args
     low_precision = (args.bf16 or args.fp16) and model_paths
     reuse_heap = reuse_heap and enabled("heap_reuse", args.device)
     keep_copies = low_precision and enabled("frozen_weight_copies", args.device)
+    packed = keep_copies and enabled("packed_frozen_weights", args.device)
     fuse_lora = fuse_lora and low_precision and enabled("fused_lora", args.device)
     if not (reuse_heap or keep_copies or fuse_lora):
         return
@@ -599,7 +659,7 @@ def speed_up_training(trainer, fuse_lora: bool = True, model_paths: bool = True,
 
     @functools.wraps(train)
     def train_with_fast_paths(*pargs, **kwargs):
-        copies = FrozenWeightCopies(trainer.model) if keep_copies else None
+        copies = FrozenWeightCopies(trainer.model, packed=packed) if keep_copies else None
         fused = FusedLora(trainer.model) if fuse_lora else None
         with heap_kept_for_reuse(args.device, reuse_heap):
             for path in (copies, fused):
@@ -609,8 +669,10 @@ def speed_up_training(trainer, fuse_lora: bool = True, model_paths: bool = True,
                 return train(*pargs, **kwargs)
             finally:
                 if copies is not None:
-                    log.info("frozen weights cast once for all of training: %d Linear layers, %.0f MiB",
-                             len(copies.copies), copies.stored_bytes / 2**20)
+                    packs = sum(isinstance(kept[2], tuple) for kept in copies.copies.values())
+                    log.info("frozen weights cast once for all of training: %d Linear layers, %.0f MiB%s",
+                             len(copies.copies), copies.stored_bytes / 2**20,
+                             f" ({packs} packed for oneDNN, with their transposes)" if packs else "")
                 if fused is not None and fused.modules:
                     log.info("LoRA updates fused into the base matmul: %d of %d LoRA layers", len(fused.used),
                              len(fused.modules))

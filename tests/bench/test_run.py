@@ -99,7 +99,7 @@ def test_ablation_keeps_one_row_per_cpu_path_of_sft_training_each_switching_that
     rows = {r.name: r for r in run.plan("ablation", tmp_path, tmp_path, "/m", 256, 20, cuda=False)}
     switched = {ours.ABLATIONS[name]: row for row in rows.values() for name in row.env}
     assert set(switched) == {"plain_loss", "trained_positions", "document_attention", "frozen_prefix",
-                             "frozen_weight_copies", "fused_lora", "heap_reuse"}
+                             "frozen_weight_copies", "packed_frozen_weights", "fused_lora", "heap_reuse"}
     assert all(len(row.env) == 1 and row.baselines.get("shipped") in rows for row in switched.values())
     # Each pair differs only in the switch, and per-document attention's pair runs rows long enough for it.
     for path, row in switched.items():

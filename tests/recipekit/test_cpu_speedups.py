@@ -4,6 +4,7 @@ and still finds the private API of transformers, TRL or torch it leans on."""
 from __future__ import annotations
 
 import copy
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -400,6 +401,88 @@ def test_frozen_weight_copies_stop_at_the_byte_budget_and_the_rest_are_cast_per_
     assert 0 < len(copies.copies) < len(copies.modules) and copies.stored_bytes <= copies.max_bytes
 
 
+def needs_packed_weights():
+    import torch
+
+    if not cpu_speedups.packs_weights(torch.bfloat16):
+        pytest.skip("this CPU or torch build has no oneDNN bf16 linear")
+
+
+def test_packed_frozen_weights_give_the_kept_copies_numbers_packed_once_and_again_after_a_change(lora_everywhere):
+    import torch
+
+    needs_packed_weights()
+    model, batch = lora_everywhere, packed(A, B)
+    plain = cpu_speedups.FrozenWeightCopies(model)
+    plain.install()
+    expected = bf16_loss_and_grads(model, batch)
+    plain_bytes = plain.stored_bytes
+    plain.remove()
+    copies = cpu_speedups.FrozenWeightCopies(model, packed=True)
+    copies.install()
+    got = bf16_loss_and_grads(model, batch)
+    # The same bf16 products in another blocked order: close, not always bit for bit.
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-2, atol=1e-2)
+    for name in expected[1]:
+        torch.testing.assert_close(got[1][name], expected[1][name], rtol=2e-2, atol=1e-3, msg=name)
+    assert all(g.abs().sum() > 0 for g in got[1].values())  # the gradient reaches the adapters below
+    kept = {key: value[2] for key, value in copies.copies.items()}
+    assert len(kept) == len(copies.modules) and copies.stored_bytes == 2 * plain_bytes  # the weight and its transpose
+    assert all(isinstance(pair, tuple) and all(w.is_mkldnn for w in pair) for pair in kept.values())
+    bf16_loss_and_grads(model, batch)
+    assert all(copies.copies[key][2] is pair for key, pair in kept.items())  # reused, not packed again
+
+    up = model.get_base_model().model.layers[1].mlp.up_proj.base_layer
+    with torch.no_grad():
+        up.weight.mul_(1.5)
+    copies.remove()
+    changed = bf16_loss_and_grads(model, batch)
+    copies.install()
+    torch.testing.assert_close(bf16_loss_and_grads(model, batch)[0], changed[0], rtol=1e-2, atol=1e-2)
+    assert copies.copies[id(up)][2] is not kept[id(up)]
+    copies.remove()
+
+
+def test_a_packed_frozen_weight_with_a_bias_gives_autocasts_output_and_input_gradient():
+    import torch
+
+    needs_packed_weights()
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(16, 24).requires_grad_(False)
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = layer(x)
+    expected_grad, = torch.autograd.grad(expected.float().square().sum(), x)
+    copies = cpu_speedups.FrozenWeightCopies(torch.nn.Sequential(layer), packed=True)
+    copies.install()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layer(x)
+    got_grad, = torch.autograd.grad(got.float().square().sum(), x)
+    assert got.dtype == expected.dtype == torch.bfloat16 and got_grad.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(got_grad, expected_grad, rtol=2e-2, atol=2e-2)
+    assert isinstance(copies.copies[id(layer)][2], tuple)
+    copies.remove()
+
+
+def test_training_packs_the_kept_copies_unless_that_path_is_switched_off(lora_everywhere, monkeypatch, caplog):
+    import torch
+
+    needs_packed_weights()
+    model, batch = lora_everywhere, packed(A, B)
+    for switched_off, packs in ((set(), 15), ({"packed_frozen_weights"}, 0)):
+        monkeypatch.setattr(cpu_speedups, "switched_off", switched_off)
+        trainer = SimpleNamespace(args=SimpleNamespace(bf16=True, fp16=False, device=torch.device("cpu")), model=model,
+                                  train=lambda: bf16_loss_and_grads(model, batch))
+        cpu_speedups.speed_up_training(trainer)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="recipekit.cpu_speedups"):
+            trainer.train()
+        line, = [r.getMessage() for r in caplog.records if "frozen weights cast once" in r.getMessage()]
+        assert line.startswith("frozen weights cast once for all of training: 15 Linear layers")
+        assert (f"({packs} packed for oneDNN, with their transposes)" in line) == bool(packs), line
+
+
 def test_fused_lora_matches_pefts_forward_within_bf16_rounding_and_runs_instead_of_it(lora_everywhere, monkeypatch):
     import torch
     from peft.tuners.lora.layer import Linear
@@ -618,6 +701,9 @@ def test_the_private_api_the_paths_call_is_where_they_expect_it():
     version = weight._version  # frozen_prefix's test for a frozen weight changed in place
     weight.add_(1)
     assert weight._version > version
+    if torch.backends.mkldnn.is_available():  # packed_frozen_weights: oneDNN's packed linear, where torch has oneDNN
+        for op in ("_reorder_linear_weight", "_linear_pointwise", "_is_mkldnn_bf16_supported"):
+            assert hasattr(torch.ops.mkldnn, op), op
 
 
 @pytest.fixture(scope="module")
