@@ -431,7 +431,7 @@ class FrozenWeightCopies:
     recast if the weight changes in place (its version counter; not through ``.data``) or the autocast
     dtype changes. ``speed_up_training`` installs it for the length of ``train()`` only, so no
     copy outlives the loop (an adapter merge writes through ``.data``). Copies stop at ``max_bytes``;
-    the rest are cast per call as before.
+    the rest are cast per call as before (a packed pair that no longer fits gives way to a plain copy).
 
     With ``packed`` (bf16 where oneDNN supports it), a copy is kept in oneDNN's blocked layout, twice: the
     weight for the forward and its transpose for the gradient to the input (``PackedFrozenLinear``). A plain
@@ -471,12 +471,12 @@ class FrozenWeightCopies:
             return self._linear(module, x, kept[2])
         copy = weight.detach().to(dtype)
         size = copy.nbytes
-        if self.packed and packs_weights(dtype):
+        stored = self.stored_bytes - (kept[3] if kept is not None else 0)
+        if self.packed and packs_weights(dtype) and stored + 2 * size <= self.max_bytes:  # else a plain copy, if any
             rows = x.numel() // x.shape[-1] or 1  # oneDNN picks the blocked layout for this many rows
             copy = (torch.ops.mkldnn._reorder_linear_weight(copy, rows),
                     torch.ops.mkldnn._reorder_linear_weight(copy.t().contiguous(), rows))
             size *= 2
-        stored = self.stored_bytes - (kept[3] if kept is not None else 0)
         if stored + size <= self.max_bytes:
             self.copies[id(module)] = (dtype, weight._version, copy, size)
             self.stored_bytes = stored + size

@@ -465,6 +465,22 @@ def test_a_packed_frozen_weight_with_a_bias_gives_autocasts_output_and_input_gra
     copies.remove()
 
 
+def test_packed_copies_past_the_byte_budget_give_way_to_plain_copies_then_to_casts_per_call(lora_everywhere):
+    import torch
+
+    needs_packed_weights()
+    model, batch = lora_everywhere, packed(A, B)
+    expected = bf16_loss_and_grads(model, batch)[0]
+    hidden = model.config.hidden_size
+    # Room for q_proj's pair and a bit more: k_proj (half q_proj's size here) only fits as a plain copy.
+    copies = cpu_speedups.FrozenWeightCopies(model, max_bytes=int(2.75 * hidden * hidden * 2), packed=True)
+    copies.install()
+    torch.testing.assert_close(bf16_loss_and_grads(model, batch)[0], expected, rtol=1e-2, atol=1e-2)
+    kinds = [isinstance(kept[2], tuple) for kept in copies.copies.values()]
+    assert kinds == [True, False]  # q_proj packed with its transpose, k_proj plain, no room for more
+    assert copies.stored_bytes <= copies.max_bytes < sum(m.weight.numel() * 2 for m in copies.modules)
+
+
 def test_training_packs_the_kept_copies_unless_that_path_is_switched_off(lora_everywhere, monkeypatch, caplog):
     import torch
 
