@@ -11,11 +11,11 @@ weight under LoRA). Each of these is timed here in bf16 and in float32 with ``ro
 tokens of one micro-batch), best of ``REPEATS`` (the least disturbed by other load), and the limit
 is the step's matmul FLOPs over the sum of their times: what the model's FLOPs would run at if
 nothing but these matmuls took time. A frozen weight never changes, so it can be held in oneDNN's
-blocked layout once (``recipekit.cpu_speedups``' packed frozen weights): where this CPU and torch build
- the forward and the gradient to the input are also timed that way, and the
-"frozen" limit takes the faster of the two kernels. The "full" limit does not: a trained weight
-changes every step and would have to be packed again. Rows of the benchmark divide their model FLOP/s (bench/flops.py)
-by it: the CPU MFU.
+blocked layout once (``recipekit.cpu_speedups``' packed frozen weights): where this CPU and torch
+build run that kernel, the forward and the gradient to the input are also timed with a packed
+weight, and the "frozen" limit takes the faster of the two kernels. The "full" limit does not: a
+trained weight changes every step and would have to be packed again. Rows of the benchmark divide
+their model FLOP/s (bench/flops.py) by it: the CPU MFU.
 """
 
 from __future__ import annotations
