@@ -320,6 +320,16 @@ def test_environment_names_are_checked():
         dryrun(SAFE_JOB, {"env": {"A=B; touch x": "1"}}, "seed: 1\n")
 
 
+def test_environment_names_are_exported_in_pythons_order_whatever_their_case():
+    """Jinja's dictsort ignores case by default ("_0" before "A"); the script lists names as sorted() does."""
+    env = {"_0": "1", "B": "2", "A": "3"}
+    job = dryrun(SAFE_JOB, {"container": "oci", "image": "img", "env": env}, "seed: 1\n")
+    assert "--export=A,B,_0 " in job.text
+    exported = [line.split("=")[0] for line in job.text.splitlines() if line.startswith("export ") and
+                line.split("=")[0].removeprefix("export ") in env]
+    assert exported == ["export A", "export B", "export _0"]
+
+
 def test_stub_harness_sees_a_missing_quote(stub_bin, tmp_path):
     """The harness itself can fail: an unquoted value with a space would split into two words."""
     job = dict(SAFE_JOB, overrides=(f"output_dir={tmp_path / 'out'}",))
