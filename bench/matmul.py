@@ -68,16 +68,16 @@ def best_seconds(a, b, repeats: int) -> float:
     return best_of(lambda: torch.matmul(a, b), repeats)
 
 
-def packed_seconds(rows: int, fan_in: int, fan_out: int, orientation: str, dtype, repeats: int) -> float:
-    """The forward or the gradient to the input with the weight packed beforehand, as a frozen weight is kept."""
+def packed_seconds(a, b, repeats: int) -> float:
+    """``a @ b`` (the forward or the gradient to the input) with ``b``, the weight, packed beforehand, as a
+    frozen weight is kept."""
     import torch
 
     from recipekit.cpu_speedups import packed_frozen_linear
 
-    x, w = operands(rows, fan_in, fan_out, orientation, dtype)
-    packed = torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), rows)  # linear(x, W) computes x @ W^T
+    packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), a.shape[0])  # linear(a, W) is a @ W^T
     linear = packed_frozen_linear()
-    return best_of(lambda: linear.apply(x, packed, packed, None), repeats)
+    return best_of(lambda: linear.apply(a, packed, packed, None), repeats)
 
 
 def best_of(call, repeats: int) -> float:
@@ -103,12 +103,11 @@ def measure(config, rows: int, repeats: int = REPEATS) -> dict[str, Any]:
         dtype = getattr(torch, dtype_name)
         for name, (fan_in, fan_out, count) in shapes.items():
             for orientation in ORIENTATIONS:
-                matmul_operands = operands(rows, fan_in, fan_out, orientation, dtype)
-                kernels = {"matmul": lambda: best_seconds(*matmul_operands, repeats)}
+                a, b = operands(rows, fan_in, fan_out, orientation, dtype)
+                kernels = {"matmul": best_seconds(a, b, repeats)}
                 if orientation != "grad_weight" and packs_weights(dtype):
-                    kernels["packed"] = lambda: packed_seconds(rows, fan_in, fan_out, orientation, dtype, repeats)
-                for kernel, timed in kernels.items():
-                    seconds = timed()
+                    kernels["packed"] = packed_seconds(a, b, repeats)
+                for kernel, seconds in kernels.items():
                     timings.append(dict(dtype=dtype_name, shape=name, fan_in=fan_in, fan_out=fan_out, count=count,
                                         orientation=orientation, kernel=kernel, seconds=seconds,
                                         tflops=2 * rows * fan_in * fan_out / seconds / 1e12))
@@ -122,7 +121,7 @@ def limits(timings: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     "full" only torch.matmul's."""
     fastest: dict[tuple, dict[str, Any]] = {}
     for t in timings:
-        key = (t["dtype"], t.get("shape"), t["orientation"])
+        key = (t["dtype"], t["shape"], t["orientation"])
         if key not in fastest or t["seconds"] < fastest[key]["seconds"]:
             fastest[key] = t
     out: dict[str, dict[str, float]] = {}
@@ -130,7 +129,7 @@ def limits(timings: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         out[dtype] = {}
         for kind, orientations in (("full", ORIENTATIONS), ("frozen", ORIENTATIONS[:2])):
             kept = (fastest.values() if kind == "frozen"
-                    else [t for t in timings if t.get("kernel", "matmul") == "matmul"])
+                    else [t for t in timings if t["kernel"] == "matmul"])
             picked = [t for t in kept if t["dtype"] == dtype and t["orientation"] in orientations]
             work = sum(t["count"] * t["tflops"] * t["seconds"] for t in picked)
             seconds = sum(t["count"] * t["seconds"] for t in picked)

@@ -30,8 +30,9 @@ def test_operands_have_the_shapes_autograd_multiplies():
 
 
 def test_limits_are_the_flops_over_the_summed_times_and_frozen_leaves_out_weight_gradients():
-    def timing(orientation, seconds, count=1, dtype="bfloat16"):
-        return dict(dtype=dtype, orientation=orientation, seconds=seconds, count=count, tflops=4.0 / seconds)
+    def timing(orientation, seconds, count=1, dtype="bfloat16", kernel="matmul"):
+        return dict(dtype=dtype, shape="hidden x q", orientation=orientation, kernel=kernel, seconds=seconds,
+                    count=count, tflops=4.0 / seconds)
 
     timings = [timing("forward", 1.0, count=2), timing("grad_input", 1.0, count=2), timing("grad_weight", 2.0, count=2),
                timing("forward", 2.0, dtype="float32"), timing("grad_input", 2.0, dtype="float32"),
@@ -42,11 +43,11 @@ def test_limits_are_the_flops_over_the_summed_times_and_frozen_leaves_out_weight
     assert limits["float32"] == {"full": pytest.approx(2.0), "frozen": pytest.approx(2.0)}
     # A frozen weight may be packed once, so "frozen" takes each matmul's faster kernel; a trained one
     # changes every step, so "full" keeps torch.matmul's time.
-    packed = [dict(timing(orientation, 0.5, count=2), kernel="packed") for orientation in ("forward", "grad_input")]
+    packed = [timing(orientation, 0.5, count=2, kernel="packed") for orientation in ("forward", "grad_input")]
     with_packed = matmul.limits(timings + packed)
     assert with_packed["bfloat16"]["frozen"] == pytest.approx(2 * 2 * 4.0 / (2 * 2 * 0.5))
     assert with_packed["bfloat16"]["full"] == limits["bfloat16"]["full"]
-    slower = [dict(timing(orientation, 3.0, count=2), kernel="packed") for orientation in ("forward", "grad_input")]
+    slower = [timing(orientation, 3.0, count=2, kernel="packed") for orientation in ("forward", "grad_input")]
     assert matmul.limits(timings + slower) == limits
     row = {"limits_tflops": limits}
     assert matmul.limit_for(row, bf16=True, lora=True) == limits["bfloat16"]["frozen"]

@@ -78,6 +78,9 @@ def log_of(job_id: str) -> str:
     return "\n".join(Path(job["StdOut"]).read_text(errors="replace") for job in job_fields(job_id))
 
 
+LATE_SIGNAL_WAIT = "== the training step ended with 143 before any signal reached this shell: waiting up to 10 s"
+
+
 def preempt_when(job_id: str, ready, errors: list) -> None:
     """SIGTERM as Slurm's preemption sends it, once ``ready()``: to the tasks of the job's steps, and then to its
     batch shell (not to the shell's children: srun would end the step on it).
@@ -101,9 +104,6 @@ def preempt_when(job_id: str, ready, errors: list) -> None:
         assert result.returncode == 0, result.stderr
     except Exception as exc:  # noqa: BLE001 - reported by the test that joins this thread
         errors.append(exc)
-
-
-LATE_SIGNAL_WAIT = "== the training step ended with 143 before any signal reached this shell: waiting up to 10 s"
 
 
 # On PYTHONPATH in a job's env, this runs in its training processes: the worker of rank
