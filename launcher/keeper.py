@@ -15,7 +15,9 @@ process and exits with the one code a scheduler needs to decide (README.md, "Exi
 Signals: SIGTERM and SIGUSR1 sent to the keeper go to the workers, which save a checkpoint at the
 next step and exit 143. The torchrun agent runs with both ignored and is told to handle neither
 (``--signals-to-handle``), so a signal sent to every process of a node (Slurm's preemption) never
-makes the agent kill its workers before their checkpoint.
+makes the agent kill its workers before their checkpoint. Once the workers have ended, the keeper
+ignores both: a signal repeated until the node's step ends (Slurm's job script does that) must not
+turn their 143 into the keeper's own death by signal.
 
 Attempts: with FT_JOB_DIR (the job's output directory, on shared storage) and FT_MAX_RETRIES in
 the env, as the rendered jobs set them, every keeper first checks that it can write the job's
@@ -123,7 +125,9 @@ def keeper(argv: list[str]) -> int:
             record.start()
     proc = subprocess.Popen([sys.executable, "-m", "launcher.keeper", AGENT, *argv], preexec_fn=ignore_quiet_signals)
     # Before its workers start, the agent (deaf to SIGTERM/SIGUSR1) is stopped with SIGINT: nothing to checkpoint.
-    with forwarded(proc, to_workers=True, before_workers=signal.SIGINT) as received:
+    # Once it has ended, a stop signal (Slurm's job script repeats one until the step ends) has nothing left to
+    # stop, and is ignored: it must not end this process by signal (138 for SIGUSR1) in place of the workers' code.
+    with forwarded(proc, to_workers=True, before_workers=signal.SIGINT, afterwards=signal.SIG_IGN) as received:
         code = exit_code(proc.wait())
     reap_orphans()
     if received and code == 128 + signal.SIGINT:

@@ -30,16 +30,27 @@ def children(pid: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def forwarded(proc: subprocess.Popen, to_workers: bool, before_workers: int | None = None) -> Iterator[list[int]]:
+def forwarded(proc: subprocess.Popen, to_workers: bool, before_workers: int | None = None,
+              afterwards=None) -> Iterator[list[int]]:
     """While inside, SIGTERM/SIGUSR1 sent to this process go to ``proc``: with ``to_workers`` (``proc``
     is a torchrun agent) to its children, or to ``proc`` itself while it has none (as
-    ``before_workers``, if given: a signal the agent acts on). Yields the list of signals forwarded
-    so far; the previous handlers are back afterwards."""
+    ``before_workers``, if given: a signal the agent acts on, and only before the first signal found
+    workers; after they have ended the agent is finishing with their code). Once ``proc`` has been
+    waited for, they go nowhere (its pid may be reused). Yields the list of signals forwarded so far;
+    afterwards the signals get ``afterwards`` as their handler if given (e.g. ``signal.SIG_IGN``), else
+    their previous handlers."""
     received: list[int] = []
+    had_workers = False
 
     def forward(signum, frame):
-        received.append(signum)
+        nonlocal had_workers
+        if proc.returncode is not None:
+            return
         workers = children(proc.pid) if to_workers else []
+        had_workers = had_workers or bool(workers)
+        if not workers and had_workers and before_workers is not None:
+            return
+        received.append(signum)
         for pid in workers or [proc.pid]:
             try:
                 os.kill(pid, signum if workers or before_workers is None else before_workers)
@@ -51,4 +62,4 @@ def forwarded(proc: subprocess.Popen, to_workers: bool, before_workers: int | No
         yield received
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, handler if afterwards is None else afterwards)

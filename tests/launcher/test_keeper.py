@@ -22,9 +22,14 @@ from launcher.keeper import exit_code
 from tests.conftest import REPO
 
 WORKER = """
-import os, signal, sys, time
+import os, signal, subprocess, sys, time
 def stop(signum, frame):
     print(f"rank {os.environ['RANK']} checkpointed after signal {signum}", flush=True)
+    if os.environ.get("WORKER_REPEATS_THE_SIGNAL") and os.environ["RANK"] == "0":
+        agent = os.getppid()
+        with open(f"/proc/{agent}/stat") as stat:
+            node = int(stat.read().rsplit(")", 1)[1].split()[1])  # the agent's parent: the keeper
+        subprocess.Popen([sys.executable, "-c", REPEATER, str(node), str(signum)], start_new_session=True)
     sys.exit(143)
 signal.signal(signal.SIGTERM, stop)
 signal.signal(signal.SIGUSR1, stop)
@@ -38,9 +43,25 @@ sys.exit(code)
 """
 
 
+# Sends signal argv[2] to pid argv[1] every 2 ms until that process has ended (a zombie counts as ended).
+REPEATER = """
+import os, sys, time
+pid, signum = int(sys.argv[1]), int(sys.argv[2])
+for _ in range(10000):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            if stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                break
+        os.kill(pid, signum)
+    except (OSError, ProcessLookupError):
+        break
+    time.sleep(0.002)
+"""
+
+
 def keeper(tmp_path, codes: str, **env: str) -> subprocess.Popen:
     script = tmp_path / "worker.py"
-    script.write_text(WORKER)
+    script.write_text(f"REPEATER = {REPEATER!r}\n{WORKER}")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -86,6 +107,23 @@ def test_a_signal_to_every_process_of_the_node_still_lets_the_workers_checkpoint
     code, out = finish(proc)
     assert code == 143, out[-3000:]
     assert "rank 0 checkpointed after signal 15" in out and "rank 1 checkpointed after signal 15" in out
+
+
+def test_a_stop_signal_repeated_until_the_node_ends_leaves_the_workers_code(tmp_path):
+    """Slurm's job script repeats the stop signal every 10 s until the step ends, so one can reach the keeper after
+    its workers checkpointed and exited 143, while it records the attempt and exits. It must not die of it (138
+    for SIGUSR1, which the job script would report as a stop before any checkpoint). Here rank 0, as it stops,
+    starts a process that sends the keeper SIGUSR1 every 2 ms until the keeper has ended."""
+    job_dir = tmp_path / "job"
+    proc = keeper(tmp_path, "999,999", WORKER_REPEATS_THE_SIGNAL="1", FT_JOB_DIR=str(job_dir), FT_MAX_RETRIES="1",
+                  FT_RECORD_ATTEMPTS="1")
+    wait_ready(proc)
+    proc.send_signal(signal.SIGUSR1)
+    code, out = finish(proc)
+    assert code == 143, out[-3000:]
+    assert "rank 0 checkpointed after signal 10" in out and "rank 1 checkpointed after signal 10" in out
+    assert kinds(job_dir) == [["started", "-"], ["continuation", "143"]]
+    assert "got signal" not in out  # the finishing agent is left alone: no SIGINT once its workers have ended
 
 
 def test_failures_are_recorded_and_a_spent_budget_stops_the_job(tmp_path):
