@@ -31,7 +31,7 @@ def children(pid: int) -> list[int]:
 
 @contextlib.contextmanager
 def forwarded(proc: subprocess.Popen, to_workers: bool, before_workers: int | None = None,
-              afterwards=None) -> Iterator[list[int]]:
+              afterwards: signal.Handlers | None = None) -> Iterator[list[int]]:
     """While inside, SIGTERM/SIGUSR1 sent to this process go to ``proc``: with ``to_workers`` (``proc``
     is a torchrun agent) to its children, or to ``proc`` itself while it has none (as
     ``before_workers``, if given: a signal the agent acts on, and only before the first signal found
