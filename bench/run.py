@@ -27,6 +27,7 @@ import re
 import resource
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -296,6 +297,18 @@ def rank_outputs(probe_out: Path) -> list[Path]:
                                key=lambda p: int(p.stem.rsplit(".rank", 1)[1]))]
 
 
+class RowFailed(Exception):
+    """A row's process failed, timed out or trained too few steps to time: why, its log and how the log ends."""
+
+    def __init__(self, why: str, log: Path):
+        super().__init__(why)
+        self.why, self.log = why, log
+        self.tail = log.read_text(errors="replace")[-4000:] if log.is_file() else ""
+
+    def record(self) -> dict[str, str]:
+        return {"why": self.why, "log": str(self.log), "log_tail": self.tail}
+
+
 def run_scenario(scenario: Scenario, workdir: Path, threads: int, timeout: int) -> dict[str, Any]:
     probe_out = workdir / f"{scenario.name}.probe.json"
     log_path = workdir / f"{scenario.name}.log"
@@ -310,21 +323,37 @@ def run_scenario(scenario: Scenario, workdir: Path, threads: int, timeout: int) 
     env[LAUNCHED_ENV] = repr(time.time())
     started = time.monotonic()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        # Its own session: the row's processes are stopped as a group, and a Ctrl-C meant for the runner
+        # reaches them only through the runner. One that comes while the process starts waits until it has
+        # started, so it is never left running unseen.
+        interrupted: list[int] = []
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
         try:
+            proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        except BaseException:
+            signal.signal(signal.SIGINT, previous)
+            raise
+        try:
+            signal.signal(signal.SIGINT, previous)
+            if interrupted:
+                raise KeyboardInterrupt
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
             code = None
+        finally:
+            if proc.returncode is None:  # timed out, or the runner itself was interrupted
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     wall = time.monotonic() - started
     busy_after, own = busy_cpu_seconds(), children_cpu_seconds() - own_before
     if code != 0 or not probe_out.is_file():
-        tail = log_path.read_text(errors="replace")[-4000:]
-        why = f"timed out after {timeout} s" if code is None else f"exit code {code}"
-        raise RuntimeError(f"{scenario.name} failed ({why}); last lines of its log:\n{tail}")
+        raise RowFailed(f"timed out after {timeout} s" if code is None else
+                        f"exit code {code}" if code != 0 else "it wrote no probe record", log_path)
     record = merge_ranks([json.loads(path.read_text()) for path in rank_outputs(probe_out)])
+    if "steps" in record and len(record["steps"]) < 2:
+        raise RowFailed(f"trained {len(record['steps'])} optimizer step(s); tokens/s is timed after step 1, "
+                        "so it needs at least 2", log_path)
     record["wall_s"] = wall
     record["cpu_s"] = own
     # CPU time other processes took while this row ran: a busy machine shows up here, not silently.
@@ -332,24 +361,43 @@ def run_scenario(scenario: Scenario, workdir: Path, threads: int, timeout: int) 
     return record
 
 
-def best_of_runs(rows: list[Scenario], runs: dict[str, list[dict[str, Any]]],
-                 peak: float | None) -> dict[str, dict[str, Any]]:
+def best_of_runs(rows: list[Scenario], runs: dict[str, list[dict[str, Any]]], peak: float | None,
+                 failures: dict[str, list[dict[str, str]]] | None = None) -> dict[str, dict[str, Any]]:
     """One result row per scenario from its runs: the matmul limit's fastest run (the limit is what the
-    machine can do), each training row's median run by tokens/s, with every run's tokens/s kept."""
+    machine can do), each training row's median run by tokens/s, with every run's tokens/s kept. A row none
+    of whose runs succeeded becomes a failed row; a row that never ran (an interrupted run) is left out."""
+    failures = failures or {}
     done: dict[str, dict[str, Any]] = {}
     for scenario in rows:
+        failed = failures.get(scenario.name, [])
+        if not runs.get(scenario.name):
+            if failed:
+                done[scenario.name] = failed_row(scenario, failed)
+            continue
         if scenario.name == MATMUL_LIMIT:
             limits = [limit_row(scenario, record) for record in runs[scenario.name]]
-            done[scenario.name] = max(limits, key=lambda row: row["limits_tflops"]["bfloat16"]["full"])
-            print(f"[bench] {scenario.name}: {done[scenario.name]['limits_tflops']} TFLOP/s", flush=True)
-            continue
-        summaries = sorted((summarize(scenario, record, peak, done.get(MATMUL_LIMIT)) for record in runs[scenario.name]),
-                           key=lambda row: row["tokens_per_s"])
-        row = summaries[(len(summaries) - 1) // 2]
-        row["tokens_per_s_runs"] = [summary["tokens_per_s"] for summary in summaries]
+            row = max(limits, key=lambda row: row["limits_tflops"]["bfloat16"]["full"])
+            print(f"[bench] {scenario.name}: {row['limits_tflops']} TFLOP/s", flush=True)
+        else:
+            limit = done.get(MATMUL_LIMIT)
+            summaries = sorted((summarize(scenario, record, peak, limit if limit and limit["kind"] == MATMUL_LIMIT
+                                          else None) for record in runs[scenario.name]),
+                               key=lambda row: row["tokens_per_s"])
+            row = summaries[(len(summaries) - 1) // 2]
+            row["tokens_per_s_runs"] = [summary["tokens_per_s"] for summary in summaries]
+            print(f"[bench] {scenario.name}: {row['tokens_per_s']:,.0f} tokens/s", flush=True)
+        row["failed_runs"] = failed
         done[scenario.name] = row
-        print(f"[bench] {scenario.name}: {row['tokens_per_s']:,.0f} tokens/s", flush=True)
     return done
+
+
+def failed_row(scenario: Scenario, failures: list[dict[str, str]]) -> dict[str, Any]:
+    """The result row of a scenario none of whose runs succeeded: how each failed, the last one in ``error``."""
+    return {"name": scenario.name, "kind": "failed", "tool": scenario.tool, "lora": scenario.lora,
+            "note": scenario.note, "baselines": scenario.baselines, "processes": scenario.processes,
+            "seq_length": scenario.seq_length, "command": shlex.join(["python", *scenario.argv]),
+            "error": f"{failures[-1]['why']}; log: {failures[-1]['log']}", "failed_runs": failures,
+            "foreign_cpu_share": None}
 
 
 def summarize(scenario: Scenario, probe: dict[str, Any], peak: float | None,
@@ -357,8 +405,6 @@ def summarize(scenario: Scenario, probe: dict[str, Any], peak: float | None,
     """One result row from a probe record: steady tokens/s (after step 1), TTFS, memory, MFU (on a CPU:
     of the measured matmul ``limit``, the matmul-limit row)."""
     steps = probe["steps"]
-    if len(steps) < 2:
-        raise RuntimeError(f"{scenario.name}: needs at least 2 optimizer steps to time, got {len(steps)}")
     first, last = steps[0], steps[-1]
     seconds = last["at"] - first["at"]
     tokens = last["tokens"] - first["tokens"]
@@ -426,11 +472,13 @@ def environment(threads: int) -> dict[str, Any]:
 
 def note(row: dict[str, Any]) -> str:
     """The row's note, and with several runs, what each measured (the row shows the median)."""
-    runs = row.get("tokens_per_s_runs") or []
-    if len(runs) < 2:
-        return row["note"]
-    measured = f"median of {len(runs)} runs: " + ", ".join(f"{value:,.0f}" for value in runs) + " tokens/s"
-    return f"{row['note']}; {measured}" if row["note"] else measured
+    runs, failed = row.get("tokens_per_s_runs") or [], len(row.get("failed_runs") or [])
+    parts = [row["note"]] if row["note"] else []
+    if len(runs) >= 2:
+        parts.append(f"median of {len(runs)} runs: " + ", ".join(f"{value:,.0f}" for value in runs) + " tokens/s")
+    if failed:
+        parts.append(f"{failed} more run(s) FAILED")
+    return "; ".join(parts)
 
 
 def share(value: float | None) -> str:
@@ -479,6 +527,11 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {row['name']} | `{row['tool']}` | – | – | 1 | – | " + "– | " * len(kinds) + f"– | – | {text} | 100% | "
                          f"{row['rows']:,} | {share(row['foreign_cpu_share'])} | {row['note']} |")
             continue
+        if row["kind"] == "failed":
+            lines.append(f"| {row['name']} | `{row['tool']}` | {'yes' if row['lora'] else 'no'} | "
+                         f"{row.get('seq_length') or result['seq_length']} | {row['processes']} | FAILED | "
+                         + "– | " * len(kinds) + f"– | – | – | – | – | – | {row['error']} |")
+            continue
         ratios = row.get("ratios") or {}
         vs = "".join(f"{ratios[kind]:.2f}× | " if ratios.get(kind) else "– | " for kind in kinds)
         if row["mfu"] is not None:
@@ -494,6 +547,12 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{row['time_to_first_step_s']:.1f} s | {memory} | {row['model_tflops_per_s']:.3f} | {mfu} | "
                      f"{row['tokens_per_step']:,.0f} | {share(row['foreign_cpu_share'])} | {note(row)} |")
     lines += ["", *(f"- {goal}" for goal in result["goals"])]
+    failed = [row["name"] for row in rows if row.get("failed_runs")]
+    if failed:
+        lines.append(f"- FAILED runs: {', '.join(failed)}; how each failed is in the JSON (`failed_runs`), "
+                     "their logs in the kept work dir")
+    if result.get("not_run"):
+        lines.append(f"- INTERRUPTED: {', '.join(result['not_run'])} did not run (or not every round)")
     busy = [row["name"] for row in rows if (row["foreign_cpu_share"] or 0) > NOISY_SHARE]
     if busy:
         lines.append(f"- WARNING: other processes used more than {100 * NOISY_SHARE:.0f}% of the CPUs during "
@@ -504,7 +563,13 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def goals(suite: str, rows: dict[str, dict[str, Any]]) -> list[str]:
+    def failed(name: str) -> str | None:
+        row = rows.get(name)
+        return f"{name} FAILED ({row['error']}): goal not judged" if row and row["kind"] == "failed" else None
+
     def ratio(name: str, kind: str, target: float) -> str:
+        if failure := failed(name):
+            return failure
         row = rows.get(name)
         value = (row.get("ratios") or {}).get(kind) if row else None
         if not value:
@@ -513,9 +578,13 @@ def goals(suite: str, rows: dict[str, dict[str, Any]]) -> list[str]:
         return f"{name}: {value:.2f}× the {kind} peer's tokens/s (goal ≥ {target}×): {verdict}"
 
     def mfu(name: str, target: float, key: str = "mfu", of: str = "the device's peak") -> str:
+        if failure := failed(name):
+            return failure
         row = rows.get(name)
-        if not row or row.get(key) is None:
-            return f"{name} MFU: not measured (no {of} in this run)"
+        if not row:
+            return f"{name} MFU: not measured in this run"
+        if row.get(key) is None:
+            return f"{name} MFU: not measured ({of} is not known in this run)"
         if row[key] > 1.0:  # no row can outrun the limit: the limit's own measurement was disturbed
             return (f"{name}: {100 * row[key]:.1f}% of {of}, which is impossible: that measurement was "
                     "disturbed; goal not judged, rerun on an idle machine")
@@ -625,9 +694,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--repeat: at least 1")
     if args.steps is not None and args.steps < 2:
         parser.error("--steps: at least 2 (step 1 is excluded from tokens/s)")
+    for name, value in (("--threads", args.threads), ("--timeout", args.timeout)):
+        if value is not None and value < 1:
+            parser.error(f"{name}: at least 1")
+    if args.peak_tflops is not None and not args.peak_tflops > 0:
+        parser.error("--peak-tflops: a positive number of TFLOP/s")
+    shortest = recipe_bounds("seq_length")["min"]
+    if args.seq_length is not None and args.seq_length < shortest:
+        parser.error(f"--seq-length: at least {shortest} (the recipe's own minimum)")
     if args.shape and args.suite != "gpu":
         parser.error("--shape: only with --suite gpu")
+    if args.model:
+        from recipekit import models
+
+        for problem in models.check_name("--model", args.model):
+            parser.error(problem)
     return args
+
+
+def recipe_bounds(key: str) -> dict[str, Any]:
+    """The sft recipe's numeric bounds on a config key (its schema's ``min``, ``max`` and ``above``)."""
+    import dataclasses
+
+    from recipekit.sft_data import SFTDataOptions
+
+    (option,) = [f for f in dataclasses.fields(SFTDataOptions) if f.name == key]
+    return dict(option.metadata)
 
 
 def select(rows: list[Scenario], only: str | None) -> list[Scenario]:
@@ -659,6 +751,61 @@ def main(argv: list[str] | None = None) -> int:
         qlora_shape = None
 
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{args.suite}-"))
+    keep = args.keep
+    try:
+        rows = planned_rows(args, workdir, model, seq_length, steps, cuda, qlora_shape)
+        if args.dry_run:
+            for row in rows:
+                print(f"{row.name}: {' '.join(f'{k}={v}' for k, v in row.env.items())} "
+                      f"{shlex.join(['python', *row.argv])}")
+            return 0
+        peak = args.peak_tflops or flops.peak_tflops(torch.cuda.get_device_name() if cuda else None)
+        started, load_before = time.monotonic(), os.getloadavg()
+        runs, failures, not_run = run_rounds(rows, args.repeat, workdir, threads, args.timeout)
+        keep = keep or any(failures.values())  # the failed rows' logs
+        done = best_of_runs(rows, runs, peak, failures)
+    finally:
+        if keep:
+            print(f"[bench] work dir kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if not done:
+        print("[bench] interrupted before any row ran: nothing to write")
+        return 130
+    for row in done.values():
+        if row["kind"] == "training":
+            row["ratios"] = {kind: row["tokens_per_s"] / done[peer]["tokens_per_s"]
+                             for kind, peer in row["baselines"].items()
+                             if done.get(peer, {}).get("kind") == "training"}
+
+    date = time.strftime("%Y-%m-%d")
+    result = {
+        "schema": 1, "suite": args.suite, "date": date, "command": shlex.join(["python", "-m", "bench.run",
+                                                                                 *(argv or sys.argv[1:])]),
+        "model": model, "seq_length": seq_length, "steps": steps, "repeat": args.repeat, "peak_tflops": peak,
+        "load_before": list(load_before), "load_after": list(os.getloadavg()),
+        "wall_s": time.monotonic() - started, "environment": environment(threads),
+        "flops_convention": flops.__doc__.strip(), "rows": list(done.values()), "not_run": not_run,
+    }
+    result["goals"] = goals(args.suite, done)
+    stem = unused_stem(args.out, slug(result["environment"]["host"]) + f"-{date}"
+                       + ("" if args.suite == "cpu" else f"-{args.suite}"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    table = markdown(result)
+    (args.out / f"{stem}.md").write_text(table)
+    if args.suite == "scaling":
+        plot_scaling(result, args.out / f"{stem}.png")
+    print(table)
+    print(f"[bench] wrote {args.out / stem}.json and .md")
+    if not_run:
+        return 130
+    return 1 if any(failures.values()) else 0
+
+
+def planned_rows(args: argparse.Namespace, workdir: Path, model: str, seq_length: int, steps: int, cuda: bool,
+                 qlora_shape: str | None) -> list[Scenario]:
+    """The suite's rows (``--only`` applied), the matmul limit first on a CPU, with the data in ``workdir``."""
     data_dir = workdir / "hotel"  # the embedded train split, byte for byte, as the only file of a dataset dir
     data_dir.mkdir()
     shutil.copyfile(HOTEL_TRAIN, data_dir / "train.jsonl")
@@ -676,54 +823,35 @@ def main(argv: list[str] | None = None) -> int:
                   args.only)
     if not cuda and args.suite in ("cpu", "ablation"):
         rows.insert(0, limit_scenario(model_path, int(recipe_defaults()["batch_size"]) * seq_length))
-    if args.dry_run:
-        for row in rows:
-            print(f"{row.name}: {' '.join(f'{k}={v}' for k, v in row.env.items())} "
-                  f"{shlex.join(['python', *row.argv])}")
-        shutil.rmtree(workdir, ignore_errors=True)
-        return 0
+    return rows
 
-    peak = args.peak_tflops or flops.peak_tflops(torch.cuda.get_device_name() if cuda else None)
-    started, load_before = time.monotonic(), os.getloadavg()
+
+def run_rounds(rows: list[Scenario], repeat: int, workdir: Path, threads: int, timeout: int
+               ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, str]]], list[str]]:
+    """Every row ``repeat`` times, in rounds (all rows in turn, then again: load slows a round, not a row).
+    A failed run is recorded and the rest go on; a Ctrl-C stops the rounds and keeps what was measured.
+    Returns each row's probe records, each row's failures, and the rows left short by an interruption."""
+    runs: dict[str, list[dict[str, Any]]] = {row.name: [] for row in rows}
+    failures: dict[str, list[dict[str, str]]] = {row.name: [] for row in rows}
     try:
-        runs: dict[str, list[dict[str, Any]]] = {row.name: [] for row in rows}
-        for round_number in range(args.repeat):  # rounds of every row in turn: load slows a round, not a row
+        for round_number in range(repeat):
             for scenario in rows:  # the matmul limit, where there is one, comes first
-                runs[scenario.name].append(run_scenario(scenario, workdir, threads, args.timeout))
-                print(f"[bench] {scenario.name}: run {round_number + 1} of {args.repeat} done", flush=True)
-        done = best_of_runs(rows, runs, peak)
-        for row in done.values():
-            if row["kind"] == "training":
-                row["ratios"] = {kind: row["tokens_per_s"] / done[peer]["tokens_per_s"]
-                                 for kind, peer in row["baselines"].items() if peer in done}
-    finally:
-        if args.keep:
-            print(f"[bench] work dir kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-
-    date = time.strftime("%Y-%m-%d")
-    result = {
-        "schema": 1, "suite": args.suite, "date": date, "command": shlex.join(["python", "-m", "bench.run",
-                                                                                 *(argv or sys.argv[1:])]),
-        "model": model, "seq_length": seq_length, "steps": steps, "repeat": args.repeat, "peak_tflops": peak,
-        "load_before": list(load_before), "load_after": list(os.getloadavg()),
-        "wall_s": time.monotonic() - started, "environment": environment(threads),
-        "flops_convention": flops.__doc__.strip(), "rows": list(done.values()),
-    }
-    result["goals"] = goals(args.suite, done)
-    stem = unused_stem(args.out, slug(result["environment"]["host"]) + f"-{date}"
-                       + ("" if args.suite == "cpu" else f"-{args.suite}"))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    table = markdown(result)
-    (args.out / f"{stem}.md").write_text(table)
-    if args.suite == "scaling":
-        plot_scaling(result, args.out / f"{stem}.png")
-    print(table)
-    print(f"[bench] wrote {args.out / stem}.json and .md")
-    return 0
+                try:
+                    runs[scenario.name].append(run_scenario(scenario, workdir, threads, timeout))
+                except RowFailed as failure:
+                    failures[scenario.name].append(failure.record())
+                    print(f"[bench] {scenario.name}: run {round_number + 1} of {repeat} FAILED ({failure.why}); "
+                          f"its log {failure.log} ends:\n{failure.tail}", flush=True)
+                    continue
+                print(f"[bench] {scenario.name}: run {round_number + 1} of {repeat} done", flush=True)
+    except KeyboardInterrupt:
+        print("[bench] interrupted: the running row was stopped, and no more rows run", flush=True)
+    not_run = [row.name for row in rows if len(runs[row.name]) + len(failures[row.name]) < repeat]
+    return runs, failures, not_run
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # before the rounds (which keep what they measured) or after them
+        sys.exit(130)

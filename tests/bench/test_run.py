@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from bench import flops, run
+from tests.conftest import REPO
 
 SHAPE = dict(params_total=1000, params_trainable=1000, params_embedding=300, params_tied_lm_head=300,
              num_layers=2, num_heads=4, head_dim=8)
@@ -270,6 +276,11 @@ def test_repeated_rounds_report_each_rows_median_run_and_the_fastest_limit():
     assert row["matmul_limit_tflops"] == 1e-6
     assert run.note(row) == "as shipped; median of 3 runs: 50, 100, 200 tokens/s"
     assert run.note({**row, "tokens_per_s_runs": [100.0]}) == "as shipped"
+    # A fourth round that failed leaves the three that ran as the row, and says so.
+    failed = {ours.name: [{"why": "exit code 1", "log": "sft-lora.log", "log_tail": ""}]}
+    row = run.best_of_runs([limit, ours], runs, None, failed)[ours.name]
+    assert row["kind"] == "training" and row["tokens_per_s"] == pytest.approx(100)
+    assert run.note(row) == "as shipped; median of 3 runs: 50, 100, 200 tokens/s; 1 more run(s) FAILED"
 
 
 def test_cpu_goals_and_table_compare_the_recipe_with_both_peers_and_the_limit():
@@ -314,6 +325,132 @@ def test_a_second_run_on_the_same_day_gets_its_own_files(tmp_path):
     assert run.unused_stem(tmp_path, "vm-2026-12-06") == "vm-2026-12-06-2"
     (tmp_path / "vm-2026-12-06-2.md").write_text("")
     assert run.unused_stem(tmp_path, "vm-2026-12-06") == "vm-2026-12-06-3"
+
+
+def test_bad_options_are_one_line_errors_and_leave_no_work_dir(tmp_path, monkeypatch, capsys):
+    shortest = run.recipe_bounds("seq_length")["min"]
+    for argv, message in ((["--threads", "0"], "--threads: at least 1"), (["--timeout", "0"], "--timeout: at least 1"),
+                          (["--peak-tflops", "0"], "--peak-tflops: a positive number of TFLOP/s"),
+                          (["--seq-length", str(shortest - 1)], f"--seq-length: at least {shortest} "),
+                          (["--model", str(tmp_path / "missing")], "--model: model directory not found"),
+                          (["--model", str(tmp_path)], "holds no config.json")):
+        with pytest.raises(SystemExit) as exit_:
+            run.parse_args(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and message in err and "Traceback" not in err, argv
+    assert run.parse_args(["--seq-length", str(shortest), "--threads", "1"]).seq_length == shortest
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(SystemExit, match="--only: unknown row"):
+        run.main(["--only", "no-such-row", "--dry-run"])
+    assert not list(tmp_path.glob("bench-*"))  # the work dir made before the rows were known is gone
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """The pids whose command line contains ``text``."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.slow
+def test_a_failing_row_is_recorded_while_the_other_rows_go_on_measuring(tmp_path, tiny_model):
+    """The real matmul-limit row next to stand-ins for tools that go wrong, with the runner's process contract
+    (a command, and a probe record at $BENCH_PROBE_OUT): one crashes, one exits 0 without a record, one
+    records a single optimizer step, which cannot be timed. Two rounds."""
+    from recipekit import models
+
+    crash = ["-c", "print('RuntimeError: out of memory', flush=True); raise SystemExit(3)"]
+    one_step = ["-c", "import json, os; json.dump({'steps': [{'at': 1.0, 'tokens': 9, 'doc_len_sq': 81, "
+                "'loss_tokens': None}], 'peak_rss_bytes': 1}, open(os.environ['BENCH_PROBE_OUT'], 'w'))"]
+    rows = [run.limit_scenario(models.resolve(tiny_model), 64),
+            run.Scenario("trl-sft-lora", "trl sft", True, ["-c", "pass"]),
+            run.Scenario("trl-sft-lora-tuned", "trl sft", True, one_step),
+            run.Scenario("sft-lora", "sft", True, crash, {"tuned": "trl-sft-lora-tuned"})]
+    runs, failures, not_run = run.run_rounds(rows, 2, tmp_path, threads=1, timeout=300)
+    assert len(runs[run.MATMUL_LIMIT]) == 2 and not failures[run.MATMUL_LIMIT] and not_run == []
+    assert [f["why"] for f in failures["trl-sft-lora"]] == ["it wrote no probe record"] * 2
+    assert [f["why"] for f in failures["trl-sft-lora-tuned"]] == [
+        "trained 1 optimizer step(s); tokens/s is timed after step 1, so it needs at least 2"] * 2
+    assert runs["sft-lora"] == [] and [f["why"] for f in failures["sft-lora"]] == ["exit code 3"] * 2
+    assert all("out of memory" in f["log_tail"] and f["log"] == str(tmp_path / "sft-lora.log")
+               for f in failures["sft-lora"])
+    done = run.best_of_runs(rows, runs, None, failures)
+    assert done[run.MATMUL_LIMIT]["kind"] == run.MATMUL_LIMIT and done[run.MATMUL_LIMIT]["failed_runs"] == []
+    failed = done["sft-lora"]
+    assert failed["kind"] == "failed" and failed["error"] == f"exit code 3; log: {tmp_path / 'sft-lora.log'}"
+    goals = run.goals("cpu", done)
+    assert goals[:2] == [f"sft-lora FAILED ({failed['error']}): goal not judged"] * 2
+    result = {"suite": "cpu", "date": "d", "model": "m", "seq_length": 96, "steps": 3, "load_before": [1, 1, 1],
+              "load_after": [1, 1, 1], "wall_s": 60, "command": "python -m bench.run", "goals": goals,
+              "rows": list(done.values()), "not_run": not_run,
+              "environment": {"host": "h", "cpu": "c", "threads": 1, "cuda_device": None,
+                              "versions": {"torch": "t", "transformers": "x", "trl": "y", "peft": "z"}}}
+    table = run.markdown(result)
+    assert f"| sft-lora | `sft` | yes | 96 | 1 | FAILED | – | – | – | – | – | – | {failed['error']} |" in table
+    assert "- FAILED runs: trl-sft-lora, trl-sft-lora-tuned, sft-lora;" in table and "| matmul-limit |" in table
+
+
+@pytest.mark.slow
+def test_rows_that_time_out_are_stopped_and_written_as_failed_with_their_logs_kept(tmp_path, monkeypatch, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU the suite adds a full-size QLoRA row")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the work dir, kept
+    out = tmp_path / "results"
+    code = run.main(["--suite", "gpu", "--shape", "tiny", "--only", "sft-lora", "--steps", "2", "--peak-tflops", "1",
+                     "--timeout", "1", "--out", str(out)])  # no row imports its libraries in a second
+    assert code == 1
+    (result_file,) = out.glob("*-gpu.json")
+    result = json.loads(result_file.read_text())
+    assert [(row["name"], row["kind"]) for row in result["rows"]] == [
+        ("trl-sft-lora", "failed"), ("trl-sft-lora-tuned", "failed"), ("sft-lora", "failed")]
+    logs = [Path(row["failed_runs"][0]["log"]) for row in result["rows"]]
+    assert all(row["error"].startswith("timed out after 1 s; log: ") for row in result["rows"])
+    assert all(log.is_file() for log in logs)  # the work dir is kept for them
+    workdir = logs[0].parent
+    assert f"[bench] work dir kept: {workdir}" in capsys.readouterr().out
+    assert processes_mentioning(str(workdir)) == []  # each timed-out row's processes were stopped
+    table = result_file.with_suffix(".md").read_text()
+    assert "| sft-lora | `sft` | yes | 2048 | 1 | FAILED | – |" in table
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_running_row_and_writes_the_rows_already_measured(tmp_path, tiny_model):
+    """SIGINT to the runner's process group, as a terminal's Ctrl-C sends it: the running row (in a session of
+    its own, so it does not get that signal) is stopped by the runner, and the limit row measured before it
+    is written."""
+    proc = subprocess.Popen([sys.executable, "-m", "bench.run", "--model", tiny_model, "--only", "sft-lora",
+                             "--steps", "100000", "--out", str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        seen = ""
+        while "[bench] trl-sft-lora: " not in seen:
+            line = proc.stdout.readline()
+            assert line, seen
+            seen += line
+        output_dir = seen.split("--output_dir ", 1)[1].split()[0]
+        while not processes_mentioning(output_dir):  # the row's process runs: interrupt it mid-row
+            assert proc.poll() is None, seen
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, seen + out
+    assert "Traceback" not in out and "interrupted: the running row was stopped" in out
+    (result_file,) = tmp_path.glob("*.json")
+    result = json.loads(result_file.read_text())
+    assert [row["name"] for row in result["rows"]] == [run.MATMUL_LIMIT]
+    assert result["not_run"] == ["trl-sft-lora", "trl-sft-lora-tuned", "sft-lora"]
+    assert "- INTERRUPTED: trl-sft-lora, trl-sft-lora-tuned, sft-lora did not run" in result_file.with_suffix(".md").read_text()
+    assert processes_mentioning(output_dir) == []
+    assert not Path(output_dir).parent.exists()  # nothing failed: the work dir is removed as usual
 
 
 def test_the_scaling_plot_draws_one_line_per_tool_and_process_count(tmp_path):

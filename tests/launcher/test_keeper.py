@@ -38,7 +38,11 @@ if code < 0:
     os.kill(os.getpid(), -code)
 if code == 999:
     print("ready", flush=True)
-    time.sleep(60)
+    agent = os.getppid()
+    for _ in range(600):  # until a signal, or the agent is killed (a pod killed whole takes every process)
+        if os.getppid() != agent:
+            break
+        time.sleep(0.1)
 sys.exit(code)
 """
 
