@@ -54,6 +54,7 @@ SUITES = ("cpu", "gpu", "ablation", "scaling")
 DEFAULT_STEPS = {"cpu": 30, "gpu": 30, "ablation": 20, "scaling": 4}
 SCALING_LENGTHS = (256, 512, 1024, 2048)
 SCALING_PROCESSES = (1, 2)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # stop the runner, and with it the running row
 MATMUL_LIMIT = "matmul-limit"  # the row that holds the machine's measured matmul throughput
 LIMIT_TOOL = "torch.matmul, packed weights"  # frozen weights: the faster of the two (bench/matmul.py)
 ZERO2_FSDP_TOLERANCE = 0.10  # the GPU goal: ZeRO-2's tokens/s within this fraction of FSDP's
@@ -297,6 +298,18 @@ def rank_outputs(probe_out: Path) -> list[Path]:
                                key=lambda p: int(p.stem.rsplit(".rank", 1)[1]))]
 
 
+class Interrupted(Exception):
+    """SIGINT (Ctrl-C) or SIGTERM reached the runner while rows ran."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def interrupt(signum, frame):
+    raise Interrupted(signum)
+
+
 class RowFailed(Exception):
     """A row's process failed, timed out or trained too few steps to time: why, its log and how the log ends."""
 
@@ -324,20 +337,22 @@ def run_scenario(scenario: Scenario, workdir: Path, threads: int, timeout: int) 
     started = time.monotonic()
     with open(log_path, "w") as log:
         # Its own session: the row's processes are stopped as a group, and a Ctrl-C meant for the runner
-        # reaches them only through the runner. One that comes while the process starts waits until it has
-        # started, so it is never left running unseen.
-        interrupted: list[int] = []
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+        # reaches them only through the runner. A stop signal that comes while the process starts waits
+        # until it has started, so it is never left running unseen.
+        deferred: list[int] = []
+        previous = {sig: signal.signal(sig, lambda signum, frame: deferred.append(signum)) for sig in STOP_SIGNALS}
         try:
             proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
         except BaseException:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             raise
         try:
-            signal.signal(signal.SIGINT, previous)
-            if interrupted:
-                raise KeyboardInterrupt
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            for signum in deferred:
+                os.kill(os.getpid(), signum)  # now, with the handlers the runner has
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             code = None
@@ -761,7 +776,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         peak = args.peak_tflops or flops.peak_tflops(torch.cuda.get_device_name() if cuda else None)
         started, load_before = time.monotonic(), os.getloadavg()
-        runs, failures, not_run = run_rounds(rows, args.repeat, workdir, threads, args.timeout)
+        runs, failures, not_run, stopped_by = run_rounds(rows, args.repeat, workdir, threads, args.timeout)
         keep = keep or any(failures.values())  # the failed rows' logs
         done = best_of_runs(rows, runs, peak, failures)
     finally:
@@ -771,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     if not done:
         print("[bench] interrupted before any row ran: nothing to write")
-        return 130
+        return 128 + (stopped_by or signal.SIGINT)
     for row in done.values():
         if row["kind"] == "training":
             row["ratios"] = {kind: row["tokens_per_s"] / done[peer]["tokens_per_s"]
@@ -798,8 +813,8 @@ def main(argv: list[str] | None = None) -> int:
         plot_scaling(result, args.out / f"{stem}.png")
     print(table)
     print(f"[bench] wrote {args.out / stem}.json and .md")
-    if not_run:
-        return 130
+    if stopped_by:
+        return 128 + stopped_by
     return 1 if any(failures.values()) else 0
 
 
@@ -827,12 +842,15 @@ def planned_rows(args: argparse.Namespace, workdir: Path, model: str, seq_length
 
 
 def run_rounds(rows: list[Scenario], repeat: int, workdir: Path, threads: int, timeout: int
-               ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, str]]], list[str]]:
+               ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, str]]], list[str], int | None]:
     """Every row ``repeat`` times, in rounds (all rows in turn, then again: load slows a round, not a row).
-    A failed run is recorded and the rest go on; a Ctrl-C stops the rounds and keeps what was measured.
-    Returns each row's probe records, each row's failures, and the rows left short by an interruption."""
+    A failed run is recorded and the rest go on; SIGINT (Ctrl-C) or SIGTERM stops the running row and the
+    rounds, and keeps what was measured. Returns each row's probe records, each row's failures, the rows
+    left short by an interruption, and the signal that interrupted (None)."""
     runs: dict[str, list[dict[str, Any]]] = {row.name: [] for row in rows}
     failures: dict[str, list[dict[str, str]]] = {row.name: [] for row in rows}
+    stopped_by = None
+    previous = {sig: signal.signal(sig, interrupt) for sig in STOP_SIGNALS}
     try:
         for round_number in range(repeat):
             for scenario in rows:  # the matmul limit, where there is one, comes first
@@ -844,10 +862,14 @@ def run_rounds(rows: list[Scenario], repeat: int, workdir: Path, threads: int, t
                           f"its log {failure.log} ends:\n{failure.tail}", flush=True)
                     continue
                 print(f"[bench] {scenario.name}: run {round_number + 1} of {repeat} done", flush=True)
-    except KeyboardInterrupt:
-        print("[bench] interrupted: the running row was stopped, and no more rows run", flush=True)
+    except Interrupted as stop:
+        stopped_by = stop.signum
+        print(f"[bench] interrupted by {stop}: the running row was stopped, and no more rows run", flush=True)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     not_run = [row.name for row in rows if len(runs[row.name]) + len(failures[row.name]) < repeat]
-    return runs, failures, not_run
+    return runs, failures, not_run, stopped_by
 
 
 if __name__ == "__main__":

@@ -371,8 +371,8 @@ def test_a_failing_row_is_recorded_while_the_other_rows_go_on_measuring(tmp_path
             run.Scenario("trl-sft-lora", "trl sft", True, ["-c", "pass"]),
             run.Scenario("trl-sft-lora-tuned", "trl sft", True, one_step),
             run.Scenario("sft-lora", "sft", True, crash, {"tuned": "trl-sft-lora-tuned"})]
-    runs, failures, not_run = run.run_rounds(rows, 2, tmp_path, threads=1, timeout=300)
-    assert len(runs[run.MATMUL_LIMIT]) == 2 and not failures[run.MATMUL_LIMIT] and not_run == []
+    runs, failures, not_run, stopped_by = run.run_rounds(rows, 2, tmp_path, threads=1, timeout=300)
+    assert len(runs[run.MATMUL_LIMIT]) == 2 and not failures[run.MATMUL_LIMIT] and not_run == [] and stopped_by is None
     assert [f["why"] for f in failures["trl-sft-lora"]] == ["it wrote no probe record"] * 2
     assert [f["why"] for f in failures["trl-sft-lora-tuned"]] == [
         "trained 1 optimizer step(s); tokens/s is timed after step 1, so it needs at least 2"] * 2
@@ -421,10 +421,11 @@ def test_rows_that_time_out_are_stopped_and_written_as_failed_with_their_logs_ke
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_the_running_row_and_writes_the_rows_already_measured(tmp_path, tiny_model):
-    """SIGINT to the runner's process group, as a terminal's Ctrl-C sends it: the running row (in a session of
-    its own, so it does not get that signal) is stopped by the runner, and the limit row measured before it
-    is written."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stops_the_running_row_and_writes_the_rows_already_measured(tmp_path, tiny_model, signum):
+    """SIGINT to the runner's process group, as a terminal's Ctrl-C sends it, or SIGTERM, as a CI job's cancel
+    or `timeout` does: the running row (in a session of its own, so it does not get that signal) is stopped by
+    the runner, and the limit row measured before it is written."""
     proc = subprocess.Popen([sys.executable, "-m", "bench.run", "--model", tiny_model, "--only", "sft-lora",
                              "--steps", "100000", "--out", str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -437,13 +438,13 @@ def test_ctrl_c_stops_the_running_row_and_writes_the_rows_already_measured(tmp_p
         output_dir = seen.split("--output_dir ", 1)[1].split()[0]
         while not processes_mentioning(output_dir):  # the row's process runs: interrupt it mid-row
             assert proc.poll() is None, seen
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signum)
         out, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, seen + out
-    assert "Traceback" not in out and "interrupted: the running row was stopped" in out
+    assert proc.returncode == 128 + signum, seen + out
+    assert "Traceback" not in out and f"interrupted by {signum.name}: the running row was stopped" in out
     (result_file,) = tmp_path.glob("*.json")
     result = json.loads(result_file.read_text())
     assert [row["name"] for row in result["rows"]] == [run.MATMUL_LIMIT]
