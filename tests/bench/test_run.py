@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -438,6 +439,7 @@ def test_ctrl_c_or_sigterm_stops_the_running_row_and_writes_the_rows_already_mea
         output_dir = seen.split("--output_dir ", 1)[1].split()[0]
         while not processes_mentioning(output_dir):  # the row's process runs: interrupt it mid-row
             assert proc.poll() is None, seen
+            time.sleep(0.01)
         os.killpg(proc.pid, signum)
         out, _ = proc.communicate(timeout=120)
     finally:
