@@ -2,21 +2,28 @@
 
 The argv built here is the same ``<entry> --config <file> --set ...`` that the cluster backends
 run inside their containers. A local run lives as long as ``launcher run``: its log is the
-terminal, and SIGTERM/SIGUSR1 sent to the launcher reach the training processes.
+terminal, and SIGTERM/SIGUSR1 sent to the launcher reach the training processes. So do the
+terminal's signals (Ctrl-C, Ctrl-\\, a hangup): the training processes run in a session of their
+own, so those reach the launcher alone, which passes each on once to every training process.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Mapping
 
 from launcher.appspec import AppSpec
-from launcher.signals import forwarded
+from launcher.signals import STOP_SIGNALS, forwarded
 from recipekit.errors import EXIT_PREEMPTED
+
+# What a terminal sends its foreground processes: Ctrl-C, Ctrl-\, and a hangup when it closes. They stop a run
+# without a checkpoint, as they would stop the training processes run by hand.
+TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
 
 
 @dataclass(frozen=True)
@@ -56,10 +63,10 @@ class LocalBackend:
         return LocalRequest(argv, threads, nproc, check=check_argv(app))
 
     def submit(self, request: LocalRequest) -> int:
-        """Run to completion, forwarding SIGTERM/SIGUSR1 to the training processes; the exit code.
+        """Run to completion, forwarding SIGTERM/SIGUSR1 and SIGINT to the training processes; the exit code.
 
-        A run of several processes that a forwarded signal stopped reports 143, not torchrun's
-        generic failure.
+        A run of several processes that a forwarded signal stopped reports 143 (130 for SIGINT), not
+        torchrun's generic failure.
         """
         if request.check is not None:
             # WORLD_SIZE lets checks that depend on the process count (e.g. pipeline stages) run here too.
@@ -70,9 +77,14 @@ class LocalBackend:
         env = dict(os.environ)
         for key, value in request.env.items():
             env.setdefault(key, value)
-        proc = subprocess.Popen(request.argv, env=env)
-        with forwarded(proc, to_workers=request.nproc > 1) as signals:
+        # A session of its own: the terminal's Ctrl-C would otherwise reach a process twice (from the terminal
+        # and from here), or reach the torchrun agent, which then stops its workers itself and exits 1.
+        proc = subprocess.Popen(request.argv, env=env, start_new_session=True)
+        with forwarded(proc, to_workers=request.nproc > 1, signals=(*STOP_SIGNALS, *TERMINAL_SIGNALS)) as signals:
             code = proc.wait()
+        ended_by = [sig for sig in signals if sig in TERMINAL_SIGNALS]
+        if ended_by and code != 0:
+            return 128 + ended_by[0]  # 130 for Ctrl-C
         if signals and request.nproc > 1 and code != 0:
             return EXIT_PREEMPTED
         return code

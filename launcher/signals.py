@@ -31,8 +31,9 @@ def children(pid: int) -> list[int]:
 
 @contextlib.contextmanager
 def forwarded(proc: subprocess.Popen, to_workers: bool, before_workers: int | None = None,
-              afterwards: signal.Handlers | None = None) -> Iterator[list[int]]:
-    """While inside, SIGTERM/SIGUSR1 sent to this process go to ``proc``: with ``to_workers`` (``proc``
+              afterwards: signal.Handlers | None = None,
+              signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> Iterator[list[int]]:
+    """While inside, ``signals`` (SIGTERM/SIGUSR1) sent to this process go to ``proc``: with ``to_workers`` (``proc``
     is a torchrun agent) to its children, or to ``proc`` itself while it has none (as
     ``before_workers``, if given: a signal the agent acts on, and only before the first signal found
     workers; after they have ended the agent is finishing with their code). Once ``proc`` has been
@@ -57,7 +58,7 @@ def forwarded(proc: subprocess.Popen, to_workers: bool, before_workers: int | No
             except ProcessLookupError:
                 pass
 
-    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
+    previous = {sig: signal.signal(sig, forward) for sig in signals}
     try:
         yield received
     finally:

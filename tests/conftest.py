@@ -88,16 +88,44 @@ def small_hotel(tmp_path_factory) -> dict[str, str]:
     return paths
 
 
+def processes_mentioning(text: str) -> list[int]:
+    """The pids whose command line contains ``text``."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process below it, whatever session each is in (torchrun's workers and the
+    processes ``launcher run`` starts have their own)."""
+    from launcher.signals import children
+
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        found.append(parent)
+        todo += children(parent)
+    for each in found:
+        try:
+            os.kill(each, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def run_launcher(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """``launcher ARGS`` as a user runs it, output captured."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    # Its own session, so a timeout kills torchrun's workers too instead of leaving them running.
     with subprocess.Popen([sys.executable, "-m", "launcher.cli", *args], cwd=REPO, env=full_env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True) as proc:
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_tree(proc.pid)  # torchrun's workers too, instead of leaving them running
             stdout, stderr = proc.communicate()
             raise AssertionError(f"launcher {' '.join(args)} timed out after {timeout} s\n"
                                  f"--- stdout ---\n{stdout[-4000:]}\n--- stderr ---\n{stderr[-4000:]}") from None

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bench import flops, run
-from tests.conftest import REPO
+from tests.conftest import REPO, processes_mentioning
 
 SHAPE = dict(params_total=1000, params_trainable=1000, params_embedding=300, params_tied_lm_head=300,
              num_layers=2, num_heads=4, head_dim=8)
@@ -344,18 +344,6 @@ def test_bad_options_are_one_line_errors_and_leave_no_work_dir(tmp_path, monkeyp
     with pytest.raises(SystemExit, match="--only: unknown row"):
         run.main(["--only", "no-such-row", "--dry-run"])
     assert not list(tmp_path.glob("bench-*"))  # the work dir made before the rows were known is gone
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """The pids whose command line contains ``text``."""
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if text in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                pids.append(int(cmdline.parent.name))
-        except OSError:
-            continue
-    return pids
 
 
 @pytest.mark.slow

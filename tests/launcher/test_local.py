@@ -12,9 +12,11 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from launcher import local, recipes
 from launcher.appspec import AppSpec
-from tests.conftest import REPO
+from tests.conftest import REPO, kill_tree, processes_mentioning
 
 STAND_IN = """'''A stand-in recipe: checks nothing, then waits for a stop signal as the recipes do.'''
 import os, signal, sys, time
@@ -25,6 +27,14 @@ def stop(signum, frame):
     sys.exit(143)
 signal.signal(signal.SIGTERM, stop)
 signal.signal(signal.SIGUSR1, stop)
+interrupts = []
+def interrupted(signum, frame):  # the recipes exit 130 on Ctrl-C; a second SIGINT would come within the second
+    interrupts.append(signum)
+    if len(interrupts) == 1:
+        time.sleep(1)
+        print(f"rank {os.environ.get('RANK', '-')} interrupted {len(interrupts)} time(s)", flush=True)
+        sys.exit(130)
+signal.signal(signal.SIGINT, interrupted)
 print("ready", flush=True)
 time.sleep(120)
 """
@@ -50,21 +60,54 @@ def test_several_processes_run_under_torchrun_after_one_check():
     assert request.text.startswith(f"{sys.executable} -m torch.distributed.run ")
 
 
-def test_sigterm_to_the_launcher_reaches_each_worker_which_exits_143(tmp_path):
+def started(tmp_path, nproc: int) -> tuple[subprocess.Popen, str]:
+    """``launcher run`` of the stand-in recipe in a process group of its own, once every process waits."""
     (tmp_path / "train.py").write_text(STAND_IN)
     (tmp_path / "config.yaml").write_text("seed: 1\n")
-    proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "run", str(tmp_path), "--nproc", "2"], cwd=REPO,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "run", str(tmp_path), "--nproc", str(nproc)],
+                            cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen, deadline = "", time.monotonic() + 120
+    while seen.count("ready") < nproc and time.monotonic() < deadline:
+        seen += proc.stdout.readline()
+    return proc, seen
+
+
+def finished(proc: subprocess.Popen, seen: str) -> str:
     try:
-        seen, deadline = "", time.monotonic() + 120
-        while seen.count("ready") < 2 and time.monotonic() < deadline:  # both workers waiting
-            seen += proc.stdout.readline()
-        proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    out = seen + out
+            kill_tree(proc.pid)
+    return seen + out
+
+
+def test_sigterm_to_the_launcher_reaches_each_worker_which_exits_143(tmp_path):
+    proc, seen = started(tmp_path, 2)
+    proc.send_signal(signal.SIGTERM)
+    out = finished(proc, seen)
     assert proc.returncode == 143, out[-3000:]
     assert "rank 0 checkpointed after signal 15" in out and "rank 1 checkpointed after signal 15" in out
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_ctrl_c_reaches_each_training_process_once_and_the_run_exits_130(tmp_path, nproc):
+    """SIGINT to the launcher's whole process group, as a terminal's Ctrl-C sends it: the README's code 130, not
+    click's "Aborted!" (1) or torchrun's agent stopping its workers itself (1)."""
+    proc, seen = started(tmp_path, nproc)
+    os.killpg(proc.pid, signal.SIGINT)
+    out = finished(proc, seen)
+    assert proc.returncode == 130, out[-3000:]
+    ranks = ["-"] if nproc == 1 else ["0", "1"]
+    assert all(f"rank {rank} interrupted 1 time(s)" in out for rank in ranks), out[-3000:]
+    assert "Aborted" not in out
+
+
+def test_a_closed_terminal_ends_every_training_process_and_the_run_exits_129(tmp_path):
+    """SIGHUP to the launcher's process group, as a terminal sends it when it closes: the training processes, in
+    a session of their own, get it from the launcher, and none is left running."""
+    proc, seen = started(tmp_path, 2)
+    os.killpg(proc.pid, signal.SIGHUP)
+    out = finished(proc, seen)
+    assert proc.returncode == 128 + signal.SIGHUP, out[-3000:]
+    assert processes_mentioning(str(tmp_path / "train.py")) == []
