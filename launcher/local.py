@@ -63,10 +63,11 @@ class LocalBackend:
         return LocalRequest(argv, threads, nproc, check=check_argv(app))
 
     def submit(self, request: LocalRequest) -> int:
-        """Run to completion, forwarding SIGTERM/SIGUSR1 and SIGINT to the training processes; the exit code.
+        """Run to completion, forwarding SIGTERM/SIGUSR1 and the terminal's signals to the training processes;
+        the exit code.
 
-        A run of several processes that a forwarded signal stopped reports 143 (130 for SIGINT), not
-        torchrun's generic failure.
+        A run that one of the terminal's signals stopped reports 128 + the signal (130 for Ctrl-C), and one of
+        several processes that SIGTERM/SIGUSR1 stopped 143, not torchrun's generic failure.
         """
         if request.check is not None:
             # WORLD_SIZE lets checks that depend on the process count (e.g. pipeline stages) run here too.

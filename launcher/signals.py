@@ -33,8 +33,8 @@ def children(pid: int) -> list[int]:
 def forwarded(proc: subprocess.Popen, to_workers: bool, before_workers: int | None = None,
               afterwards: signal.Handlers | None = None,
               signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> Iterator[list[int]]:
-    """While inside, ``signals`` (SIGTERM/SIGUSR1) sent to this process go to ``proc``: with ``to_workers`` (``proc``
-    is a torchrun agent) to its children, or to ``proc`` itself while it has none (as
+    """While inside, ``signals`` (by default SIGTERM/SIGUSR1) sent to this process go to ``proc``: with
+    ``to_workers`` (``proc`` is a torchrun agent) to its children, or to ``proc`` itself while it has none (as
     ``before_workers``, if given: a signal the agent acts on, and only before the first signal found
     workers; after they have ended the agent is finishing with their code). Once ``proc`` has been
     waited for, they go nowhere (its pid may be reused). Yields the list of signals forwarded so far;

@@ -439,7 +439,8 @@ def test_ctrl_c_or_sigterm_stops_the_running_row_and_writes_the_rows_already_mea
     result = json.loads(result_file.read_text())
     assert [row["name"] for row in result["rows"]] == [run.MATMUL_LIMIT]
     assert result["not_run"] == ["trl-sft-lora", "trl-sft-lora-tuned", "sft-lora"]
-    assert "- INTERRUPTED: trl-sft-lora, trl-sft-lora-tuned, sft-lora did not run" in result_file.with_suffix(".md").read_text()
+    table = result_file.with_suffix(".md").read_text()
+    assert "- INTERRUPTED: trl-sft-lora, trl-sft-lora-tuned, sft-lora did not run" in table
     assert processes_mentioning(output_dir) == []
     assert not Path(output_dir).parent.exists()  # nothing failed: the work dir is removed as usual
 
