@@ -54,7 +54,7 @@ SUITES = ("cpu", "gpu", "ablation", "scaling")
 DEFAULT_STEPS = {"cpu": 30, "gpu": 30, "ablation": 20, "scaling": 4}
 SCALING_LENGTHS = (256, 512, 1024, 2048)
 SCALING_PROCESSES = (1, 2)
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # stop the runner, and with it the running row
+INTERRUPTING_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # stop the runner, and with it the running row
 MATMUL_LIMIT = "matmul-limit"  # the row that holds the machine's measured matmul throughput
 LIMIT_TOOL = "torch.matmul, packed weights"  # frozen weights: the faster of the two (bench/matmul.py)
 ZERO2_FSDP_TOLERANCE = 0.10  # the GPU goal: ZeRO-2's tokens/s within this fraction of FSDP's
@@ -340,7 +340,7 @@ def run_scenario(scenario: Scenario, workdir: Path, threads: int, timeout: int) 
         # reaches them only through the runner. A stop signal that comes while the process starts waits
         # until it has started, so it is never left running unseen.
         deferred: list[int] = []
-        previous = {sig: signal.signal(sig, lambda signum, frame: deferred.append(signum)) for sig in STOP_SIGNALS}
+        previous = {sig: signal.signal(sig, lambda signum, frame: deferred.append(signum)) for sig in INTERRUPTING_SIGNALS}
         try:
             proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
@@ -850,7 +850,7 @@ def run_rounds(rows: list[Scenario], repeat: int, workdir: Path, threads: int, t
     runs: dict[str, list[dict[str, Any]]] = {row.name: [] for row in rows}
     failures: dict[str, list[dict[str, str]]] = {row.name: [] for row in rows}
     stopped_by = None
-    previous = {sig: signal.signal(sig, interrupt) for sig in STOP_SIGNALS}
+    previous = {sig: signal.signal(sig, interrupt) for sig in INTERRUPTING_SIGNALS}
     try:
         for round_number in range(repeat):
             for scenario in rows:  # the matmul limit, where there is one, comes first

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, TINY_SEQ_LENGTH, read_metrics
+from tests.conftest import REPO, TINY_SEQ_LENGTH, kill_tree, read_metrics
 
 pytestmark = pytest.mark.slow(minutes=3)  # trains real models; make test starts the longest first
 
@@ -98,8 +97,7 @@ def test_sigkill_while_writing_a_checkpoint_resumes_from_the_previous_complete_o
     # Kill as soon as a checkpoint after the first complete one is being written.
     wait_for(lambda: (out_dir / "checkpoint-1" / "COMPLETE").exists() and staging.is_dir()
              and any(p.name != "checkpoint-1" for p in staging.iterdir()), proc)
-    for pid in [proc.pid, *[int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]]:
-        os.kill(pid, signal.SIGKILL)
+    kill_tree(proc.pid)  # the launcher and the recipe, which has a session of its own
     proc.communicate(timeout=60)
     complete = sorted(int(p.name.split("-")[1]) for p in out_dir.glob("checkpoint-*") if (p / "COMPLETE").exists())
     half_written = [p for p in staging.iterdir()] if staging.is_dir() else []
