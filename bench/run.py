@@ -714,9 +714,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"{name}: at least 1")
     if args.peak_tflops is not None and not args.peak_tflops > 0:
         parser.error("--peak-tflops: a positive number of TFLOP/s")
-    shortest = recipe_bounds("seq_length")["min"]
-    if args.seq_length is not None and args.seq_length < shortest:
-        parser.error(f"--seq-length: at least {shortest} (the recipe's own minimum)")
+    if args.seq_length is not None:
+        from recipekit.config import check_bounds
+
+        problem = check_bounds("--seq-length", args.seq_length, recipe_bounds("seq_length"))
+        if problem:
+            parser.error(f"{problem} (the recipe's own bounds)")
     if args.shape and args.suite != "gpu":
         parser.error("--shape: only with --suite gpu")
     if args.model:

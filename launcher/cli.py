@@ -4,7 +4,7 @@
 ``cancel`` the scheduler that ``--backend`` names, through its one interface (launcher/backend.py),
 with no branch per backend here. Library code raises launcher.errors' exceptions, and
 ``LauncherCommand`` turns them into click's: one line on stderr, exit code 2 for bad input and 1
-for a failed cluster operation, never a traceback.
+for a failed cluster operation, never a traceback; a Ctrl-C exits 130 in every command.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from launcher import __version__, appspec, errors, local, options, profiles, rec
 from launcher.appspec import AppSpec
 from launcher.backend import SCHEDULERS, Notice, get, refuse_others
 from launcher.checks import shown
+from recipekit.errors import EXIT_INTERRUPTED
 
 CONFIG = click.option("--config", type=click.Path(dir_okay=False), default=None,
                       help="config YAML to use instead of the recipe's config.yaml")
@@ -63,6 +64,8 @@ class LauncherCommand(click.Command):
             raise Failure(f"{flag(self, exc.field)}: {exc.problem}", exc.exit_code) from None
         except errors.LauncherError as exc:
             raise Failure(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:  # the README's code for Ctrl-C, not click's "Aborted!" and 1
+            ctx.exit(EXIT_INTERRUPTED)
 
 
 class LauncherGroup(click.Group):
@@ -355,11 +358,8 @@ def status(job: str, backend: str, **cli) -> None:
 def logs(job: str, backend: str, follow: bool, **cli) -> None:
     """Print a submitted job's log (Slurm: its output file; k8s: the rank-0 pod's log)."""
     scheduler, where = scheduler_for(backend, cli)
-    try:
-        for chunk in scheduler.logs(job, follow=follow, **where):
-            click.echo(chunk, nl=False, err=isinstance(chunk, Notice))
-    except KeyboardInterrupt:
-        sys.exit(130)
+    for chunk in scheduler.logs(job, follow=follow, **where):
+        click.echo(chunk, nl=False, err=isinstance(chunk, Notice))
 
 
 @main.command()

@@ -128,7 +128,8 @@ def coerce(value: Any, tp: Any) -> Any:
     raise TypeError(f"unsupported config type {tp!r}")
 
 
-def _check_bounds(name: str, value: Any, meta: typing.Mapping[str, Any]) -> str | None:
+def check_bounds(name: str, value: Any, meta: typing.Mapping[str, Any]) -> str | None:
+    """The one-line problem with a number outside a field's ``min``/``above``/``max`` metadata, else None."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return None
     low, high, above = meta.get("min"), meta.get("max"), meta.get("above")
@@ -194,7 +195,7 @@ def build(cls: type, values: dict[str, Any]) -> Any:
         except ValueError as exc:
             problems.append(f"{key}: {exc}")
             continue
-        bound_problem = _check_bounds(key, kwargs[key], fields[key].metadata)
+        bound_problem = check_bounds(key, kwargs[key], fields[key].metadata)
         if bound_problem:
             problems.append(bound_problem)
     for name, f in fields.items():

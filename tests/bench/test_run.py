@@ -329,10 +329,12 @@ def test_a_second_run_on_the_same_day_gets_its_own_files(tmp_path):
 
 
 def test_bad_options_are_one_line_errors_and_leave_no_work_dir(tmp_path, monkeypatch, capsys):
-    shortest = run.recipe_bounds("seq_length")["min"]
+    bounds = run.recipe_bounds("seq_length")
+    shortest, longest = bounds["min"], bounds["max"]
     for argv, message in ((["--threads", "0"], "--threads: at least 1"), (["--timeout", "0"], "--timeout: at least 1"),
                           (["--peak-tflops", "0"], "--peak-tflops: a positive number of TFLOP/s"),
-                          (["--seq-length", str(shortest - 1)], f"--seq-length: at least {shortest} "),
+                          (["--seq-length", str(shortest - 1)], f"--seq-length: must be >= {shortest}, got "),
+                          (["--seq-length", str(longest + 1)], f"--seq-length: must be <= {longest}, got "),
                           (["--model", str(tmp_path / "missing")], "--model: model directory not found"),
                           (["--model", str(tmp_path)], "holds no config.json")):
         with pytest.raises(SystemExit) as exit_:
@@ -340,6 +342,7 @@ def test_bad_options_are_one_line_errors_and_leave_no_work_dir(tmp_path, monkeyp
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and message in err and "Traceback" not in err, argv
     assert run.parse_args(["--seq-length", str(shortest), "--threads", "1"]).seq_length == shortest
+    assert run.parse_args(["--seq-length", str(longest)]).seq_length == longest
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.raises(SystemExit, match="--only: unknown row"):
         run.main(["--only", "no-such-row", "--dry-run"])

@@ -21,6 +21,9 @@ from tests.conftest import REPO, kill_tree, processes_mentioning
 STAND_IN = """'''A stand-in recipe: checks nothing, then waits for a stop signal as the recipes do.'''
 import os, signal, sys, time
 if "--check" in sys.argv:
+    if os.environ.get("STAND_IN_CHECK_WAITS"):  # a check still reading the data; Ctrl-C ends it as the recipes' does
+        signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
+        time.sleep(120)
     sys.exit(0)
 def stop(signum, frame):
     print(f"rank {os.environ.get('RANK', '-')} checkpointed after signal {signum}", flush=True)
@@ -60,13 +63,18 @@ def test_several_processes_run_under_torchrun_after_one_check():
     assert request.text.startswith(f"{sys.executable} -m torch.distributed.run ")
 
 
-def started(tmp_path, nproc: int) -> tuple[subprocess.Popen, str]:
-    """``launcher run`` of the stand-in recipe in a process group of its own, once every process waits."""
+def launched(tmp_path, nproc: int, **env: str) -> subprocess.Popen:
+    """``launcher run`` of the stand-in recipe in a process group of its own, as a terminal starts it."""
     (tmp_path / "train.py").write_text(STAND_IN)
     (tmp_path / "config.yaml").write_text("seed: 1\n")
-    proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "run", str(tmp_path), "--nproc", str(nproc)],
-                            cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "launcher.cli", "run", str(tmp_path), "--nproc", str(nproc)],
+                            cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def started(tmp_path, nproc: int) -> tuple[subprocess.Popen, str]:
+    """``launched``, once every training process waits."""
+    proc = launched(tmp_path, nproc)
     seen, deadline = "", time.monotonic() + 120
     while seen.count("ready") < nproc and time.monotonic() < deadline:
         seen += proc.stdout.readline()
@@ -101,6 +109,20 @@ def test_ctrl_c_reaches_each_training_process_once_and_the_run_exits_130(tmp_pat
     ranks = ["-"] if nproc == 1 else ["0", "1"]
     assert all(f"rank {rank} interrupted 1 time(s)" in out for rank in ranks), out[-3000:]
     assert "Aborted" not in out
+
+
+def test_ctrl_c_while_the_check_runs_exits_130_and_starts_no_training(tmp_path):
+    """With several processes the launcher checks the config before torchrun starts; a Ctrl-C in those seconds
+    ends the check and the run with 130 too, not click's "Aborted!" and 1."""
+    proc = launched(tmp_path, 2, STAND_IN_CHECK_WAITS="1")
+    deadline = time.monotonic() + 60
+    while not processes_mentioning(f"{tmp_path / 'config.yaml'} --check") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    out = finished(proc, "")
+    assert proc.returncode == 130, out[-3000:]
+    assert "Aborted" not in out and "Traceback" not in out and "ready" not in out, out[-3000:]
+    assert processes_mentioning(str(tmp_path / "train.py")) == []
 
 
 def test_a_closed_terminal_ends_every_training_process_and_the_run_exits_129(tmp_path):
