@@ -4,7 +4,8 @@ The argv built here is the same ``<entry> --config <file> --set ...`` that the c
 run inside their containers. A local run lives as long as ``launcher run``: its log is the
 terminal, and SIGTERM/SIGUSR1 sent to the launcher reach the training processes. So do the
 terminal's signals (Ctrl-C, Ctrl-\\, a hangup): the training processes run in a session of their
-own, so those reach the launcher alone, which passes each on once to every training process.
+own, so those reach the launcher alone, which passes each on once to every training process, and a
+Ctrl-Z pauses them with the launcher until ``fg`` or ``bg``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from launcher.appspec import AppSpec
-from launcher.signals import STOP_SIGNALS, forwarded
+from launcher.signals import STOP_SIGNALS, forwarded, paused_together
 from recipekit.errors import EXIT_PREEMPTED
 
 # What a terminal sends its foreground processes: Ctrl-C, Ctrl-\, and a hangup when it closes. They stop a run
@@ -81,7 +82,8 @@ class LocalBackend:
         # A session of its own: the terminal's Ctrl-C would otherwise reach a process twice (from the terminal
         # and from here), or reach the torchrun agent, which then stops its workers itself and exits 1.
         proc = subprocess.Popen(request.argv, env=env, start_new_session=True)
-        with forwarded(proc, to_workers=request.nproc > 1, signals=(*STOP_SIGNALS, *TERMINAL_SIGNALS)) as signals:
+        with forwarded(proc, to_workers=request.nproc > 1, signals=(*STOP_SIGNALS, *TERMINAL_SIGNALS)) as signals, \
+                paused_together(proc):
             code = proc.wait()
         ended_by = [sig for sig in signals if sig in TERMINAL_SIGNALS]
         if ended_by and code != 0:

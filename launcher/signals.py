@@ -64,3 +64,39 @@ def forwarded(proc: subprocess.Popen, to_workers: bool, before_workers: int | No
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler if afterwards is None else afterwards)
+
+
+def signal_tree(proc: subprocess.Popen, signum: int) -> None:
+    """``signum`` to ``proc``'s process group and to each of its children's groups (a torchrun agent starts its
+    workers in sessions of their own); a child that leads no group gets it alone."""
+    for pid in [proc.pid, *children(proc.pid)]:
+        try:
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signum)
+            else:
+                os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+@contextlib.contextmanager
+def paused_together(proc: subprocess.Popen) -> Iterator[None]:
+    """While inside, a terminal's Ctrl-Z (SIGTSTP to this process) stops ``proc``'s processes and then this one,
+    and the SIGCONT of ``fg`` or ``bg`` continues them: started in a session of their own, they would otherwise
+    go on training while the shell reports the job stopped."""
+
+    def stop(signum, frame):
+        if proc.returncode is None:
+            signal_tree(proc, signal.SIGSTOP)
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+    def resume(signum, frame):
+        if proc.returncode is None:
+            signal_tree(proc, signal.SIGCONT)
+
+    previous = {sig: signal.signal(sig, handler) for sig, handler in ((signal.SIGTSTP, stop), (signal.SIGCONT, resume))}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

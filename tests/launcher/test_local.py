@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -109,6 +110,37 @@ def test_ctrl_c_reaches_each_training_process_once_and_the_run_exits_130(tmp_pat
     ranks = ["-"] if nproc == 1 else ["0", "1"]
     assert all(f"rank {rank} interrupted 1 time(s)" in out for rank in ranks), out[-3000:]
     assert "Aborted" not in out
+
+
+def state(pid: int) -> str:
+    """The process state letter from /proc (T: stopped)."""
+    return (Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split() or ["?"])[0]
+
+
+def states_become(pids: list[int], wanted: set[str]) -> bool:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if all(state(pid) in wanted for pid in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_ctrl_z_pauses_every_training_process_with_the_launcher_and_fg_continues_them(tmp_path, nproc):
+    """SIGTSTP to the launcher's process group, as a terminal's Ctrl-Z sends it, then SIGCONT, as ``fg`` sends it:
+    the training processes, in a session of their own, stop and go on with the launcher instead of training on
+    while the shell reports the job stopped."""
+    proc, seen = started(tmp_path, nproc)
+    training = processes_mentioning(str(tmp_path / "train.py"))
+    assert len(training) == (1 if nproc == 1 else 3), training  # torchrun's agent and its two workers
+    os.killpg(proc.pid, signal.SIGTSTP)
+    assert states_become([proc.pid, *training], {"T"}), {pid: state(pid) for pid in [proc.pid, *training]}
+    os.killpg(proc.pid, signal.SIGCONT)
+    assert states_become([proc.pid, *training], {"S", "R"}), {pid: state(pid) for pid in [proc.pid, *training]}
+    os.killpg(proc.pid, signal.SIGINT)
+    out = finished(proc, seen)
+    assert proc.returncode == 130, out[-3000:]
 
 
 def test_ctrl_c_while_the_check_runs_exits_130_and_starts_no_training(tmp_path):
