@@ -109,7 +109,7 @@ def test_padded_documents_keep_float32_scores_under_bf16_autocast():
     layout = cpu_speedups.PaddedDocuments(cpu_speedups.document_bounds(positions[0]))
     assert layout.pays() and (layout.count, layout.width) == (5, 14)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = layout.attend(q, k, v, scaling=None, dropout=0.0)
+        got = layout.attend(q, k, v, scaling=None)
     exact = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
                                                              enable_gqa=True).transpose(1, 2)
     rounded_scores = torch.nn.functional.scaled_dot_product_attention(
