@@ -613,6 +613,7 @@ class FusedLora:
         self.modules = [m for m in model.modules() if all(hasattr(m, name) for name in self.ATTRIBUTES)
                         and isinstance(m.base_layer, torch.nn.Linear)]
         self.used: set[int] = set()  # id() of the modules that took the fused path
+        self._last_cast: tuple[Any, int, Any] | None = None
 
     def install(self) -> None:
         for module in self.modules:
@@ -622,6 +623,7 @@ class FusedLora:
         for module in self.modules:
             module.__dict__.pop("forward", None)
         self.used.clear()
+        self._last_cast = None
 
     def _forward(self, module, peft_forward, x, *args, **kwargs):
         import torch
@@ -632,15 +634,55 @@ class FusedLora:
                 or any(a in module.lora_variant or module.lora_B[a].bias is not None for a in adapters)):
             return peft_forward(x, *args, **kwargs)
         self.used.add(id(module))
-        dtype = torch.get_autocast_dtype("cpu")
-        x = x.to(dtype) if x.is_floating_point() and x.dtype != dtype else x
+        x = self._cast(x, torch.get_autocast_dtype("cpu"))
         result = module.base_layer(x)
-        out = result.reshape(-1, result.shape[-1])
         for adapter in adapters:
-            low_rank = module.lora_A[adapter](module.lora_dropout[adapter](x))
-            update = module.lora_B[adapter].weight * module.scaling[adapter]
-            out = torch.addmm(out, low_rank.reshape(-1, low_rank.shape[-1]), update.t())
-        return out.view(result.shape)
+            result = lora_update().apply(module.lora_dropout[adapter](x), result, module.lora_A[adapter].weight,
+                                         module.lora_B[adapter].weight, module.scaling[adapter])
+        return result
+
+    def _cast(self, x, dtype):
+        """``x`` in ``dtype``, cast once for all the layers that read it in turn (q, k and v; gate and up)."""
+        if not x.is_floating_point() or x.dtype == dtype:
+            return x
+        last = self._last_cast
+        if last is not None and last[0] is x and last[1] == x._version and last[2].dtype == dtype:
+            return last[2]
+        cast = x.to(dtype)
+        self._last_cast = (x, x._version, cast)
+        return cast
+
+
+@functools.cache
+def lora_update():
+    """``result + scaling * (x @ A^T) @ B^T`` with the backward written out: the low-rank products in the dtype of
+    ``result`` (the base layer's output), the gradients of ``A`` and ``B`` in theirs."""
+    import torch
+
+    class LoraUpdate(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, result, a, b, scaling):
+            with torch.autocast("cpu", enabled=False):
+                a_cast, b_scaled = a.to(result.dtype), (b * scaling).to(result.dtype)
+                rows = x.reshape(-1, x.shape[-1]).to(result.dtype)
+                low_rank = torch.mm(rows, a_cast.t())
+                out = torch.addmm(result.reshape(-1, result.shape[-1]), low_rank, b_scaled.t())
+            ctx.save_for_backward(rows, low_rank, a_cast, b_scaled)
+            ctx.scaling, ctx.x_meta, ctx.dtypes = scaling, (x.shape, x.dtype), (a.dtype, b.dtype)
+            return out.view(result.shape)
+
+        @staticmethod
+        def backward(ctx, grad):
+            rows, low_rank, a_cast, b_scaled = ctx.saved_tensors
+            with torch.autocast("cpu", enabled=False):
+                grad_rows = grad.reshape(-1, grad.shape[-1])
+                grad_low_rank = torch.mm(grad_rows, b_scaled)
+                grad_b = torch.mm(grad_rows.t(), low_rank).to(ctx.dtypes[1]).mul_(ctx.scaling)
+                grad_x = torch.mm(grad_low_rank, a_cast).view(ctx.x_meta[0]).to(ctx.x_meta[1])
+                grad_a = torch.mm(grad_low_rank.t(), rows).to(ctx.dtypes[0])
+            return grad_x, grad, grad_a, grad_b, None
+
+    return LoraUpdate
 
 
 # --- heap_reuse --------------------------------------------------------------------------------------------------
