@@ -149,6 +149,11 @@ def test_document_attention_takes_the_padded_batch_the_loop_or_the_stock_sdpa(mo
     assert calls == [16, 20]  # its own threshold (0) overrides the module's
     monkeypatch.setattr(cpu_speedups, "PADDED_DOCUMENT_MAX", 2)  # documents longer than this are not padded
     assert not one_layer(attention, [3] * 6).pays() and calls == [16, 20, 18]
+    monkeypatch.setattr(cpu_speedups, "PADDED_DOCUMENT_MAX", 256)
+    positions, mask = packed_mask([3] * 6)
+    q = torch.randn(1, 2, 18, 4)
+    attention(SimpleNamespace(num_key_value_groups=1), q, q, q, mask, position_ids=positions, dropout=0.1)
+    assert attention._last[3].pays() and calls == [16, 20, 18, 18]  # attention dropout: the stock SDPA
 
 
 def test_document_attention_leaves_padded_batches_and_generation_alone(tiny, stock_sdpa):
@@ -530,6 +535,23 @@ def test_fused_lora_matches_pefts_forward_within_bf16_rounding_and_runs_instead_
     assert not any("forward" in vars(m) for m in fused.modules) and not fused.used
 
 
+def test_fused_lora_casts_an_input_once_for_the_layers_that_read_it_in_turn(lora_everywhere):
+    """q, k and v (gate and up) read the same normed input: one cast serves them all, and a changed input is cast
+    again."""
+    import torch
+
+    fused = cpu_speedups.FusedLora(lora_everywhere)
+    x = torch.randn(5, 8)
+    first = fused._cast(x, torch.bfloat16)
+    assert fused._cast(x, torch.bfloat16) is first and torch.equal(first, x.to(torch.bfloat16))
+    x.add_(1)  # changed in place
+    again = fused._cast(x, torch.bfloat16)
+    assert again is not first and torch.equal(again, x.to(torch.bfloat16))
+    assert fused._cast(x.clone(), torch.bfloat16) is not again  # another tensor with the same values
+    bf16 = x.to(torch.bfloat16)
+    assert fused._cast(bf16, torch.bfloat16) is bf16
+
+
 def test_the_training_paths_are_installed_for_train_only_even_when_it_raises(lora_everywhere, monkeypatch):
     import torch
 
@@ -720,6 +742,13 @@ def test_the_private_api_the_paths_call_is_where_they_expect_it():
     if torch.backends.mkldnn.is_available():  # packed_frozen_weights: oneDNN's packed linear, where torch has oneDNN
         for op in ("_reorder_linear_weight", "_linear_pointwise", "_is_mkldnn_bf16_supported"):
             assert hasattr(torch.ops.mkldnn, op), op
+    # document_attention's padded batch: the softmax backward it calls, and the oneDNN setting it sets and restores
+    weights = torch.softmax(torch.randn(2, 3), -1)
+    assert torch._softmax_backward_data(torch.ones(2, 3), weights, -1, torch.float32).abs().max() < 1e-6
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    with cpu_speedups.onednn_float32_matmuls():
+        assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"
+    assert torch.backends.mkldnn.matmul.fp32_precision == before
 
 
 @pytest.fixture(scope="module")
