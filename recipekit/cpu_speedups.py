@@ -508,6 +508,7 @@ class FrozenWeightCopies:
 
         self.modules = [m for m in model.modules() if type(m) is torch.nn.Linear
                         and m.weight.dtype == torch.float32 and not m.weight.requires_grad]
+        self.modules_set = set(self.modules)
         self.max_bytes = max_bytes
         self.packed = packed
         self.copies: dict[int, tuple[Any, int, Any, int]] = {}  # id(module) -> (dtype, version, copy or pair, bytes)
@@ -526,13 +527,23 @@ class FrozenWeightCopies:
     def _forward(self, module, x):
         import torch
 
+        copy = self.copy_for(module, x)
+        if copy is None:
+            return torch.nn.functional.linear(x, module.weight, module.bias)
+        return self._linear(module, x, copy)
+
+    def copy_for(self, module, x):
+        """The kept copy of ``module``'s weight for a forward on ``x`` (a packed pair, or a plain copy), made if
+        there is none yet; None where autocast would not cast it (not a CPU autocast region, or a trained weight)."""
+        import torch
+
         weight = module.weight
         if not (torch.is_autocast_enabled(x.device.type) and x.device.type == "cpu") or weight.requires_grad:
-            return torch.nn.functional.linear(x, weight, module.bias)
+            return None
         dtype = torch.get_autocast_dtype("cpu")
         kept = self.copies.get(id(module))
         if kept is not None and kept[0] == dtype and kept[1] == weight._version:
-            return self._linear(module, x, kept[2])
+            return kept[2]
         copy = weight.detach().to(dtype)
         size = copy.nbytes
         stored = self.stored_bytes - (kept[3] if kept is not None else 0)
@@ -544,7 +555,7 @@ class FrozenWeightCopies:
         if stored + size <= self.max_bytes:
             self.copies[id(module)] = (dtype, weight._version, copy, size)
             self.stored_bytes = stored + size
-        return self._linear(module, x, copy)
+        return copy
 
     @staticmethod
     def _linear(module, x, copy):
@@ -607,9 +618,10 @@ class FusedLora:
     ATTRIBUTES = ("lora_A", "lora_B", "lora_dropout", "scaling", "lora_variant", "base_layer", "merged",
                   "disable_adapters", "active_adapters")
 
-    def __init__(self, model):
+    def __init__(self, model, copies: FrozenWeightCopies | None = None):
         import torch
 
+        self.copies = copies  # where the base layers' weights are kept packed, the base matmul joins LoRA's function
         self.modules = [m for m in model.modules() if all(hasattr(m, name) for name in self.ATTRIBUTES)
                         and isinstance(m.base_layer, torch.nn.Linear)]
         self.used: set[int] = set()  # id() of the modules that took the fused path
@@ -635,7 +647,14 @@ class FusedLora:
             return peft_forward(x, *args, **kwargs)
         self.used.add(id(module))
         x = self._cast(x, torch.get_autocast_dtype("cpu"))
-        result = module.base_layer(x)
+        base = module.base_layer
+        if self.copies is not None and len(adapters) == 1 and base.bias is None and base in self.copies.modules_set:
+            adapter = adapters[0]
+            pair = self.copies.copy_for(base, x) if isinstance(module.lora_dropout[adapter], torch.nn.Identity) else None
+            if isinstance(pair, tuple):
+                return packed_lora_linear().apply(x, *pair, module.lora_A[adapter].weight, module.lora_B[adapter].weight,
+                                                  module.scaling[adapter])
+        result = base(x)
         for adapter in adapters:
             result = lora_update().apply(module.lora_dropout[adapter](x), result, module.lora_A[adapter].weight,
                                          module.lora_B[adapter].weight, module.scaling[adapter])
@@ -651,6 +670,44 @@ class FusedLora:
         cast = x.to(dtype)
         self._last_cast = (x, x._version, cast)
         return cast
+
+
+@functools.cache
+def packed_lora_linear():
+    """A LoRA Linear over a frozen weight held packed (``FrozenWeightCopies``) as one autograd function: the base
+    matmul and the update in one output, and in the backward the gradient to the input from the packed transpose
+    with ``lora_A``'s share added into it, instead of two functions whose input gradients autograd then adds."""
+    import torch
+
+    linear = torch.ops.mkldnn._linear_pointwise
+
+    class PackedLoraLinear(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, forward, transposed, a, b, scaling):
+            with torch.autocast("cpu", enabled=False):
+                rows = x.reshape(-1, x.shape[-1]).contiguous()
+                a_cast, b_scaled = a.to(x.dtype), (b * scaling).to(x.dtype)
+                low_rank = torch.mm(rows, a_cast.t())
+                out = linear(rows, forward, None, "none", [], "").addmm_(low_rank, b_scaled.t())
+            ctx.save_for_backward(rows, low_rank, a_cast, b_scaled)
+            ctx.transposed, ctx.scaling, ctx.x_shape, ctx.dtypes = transposed, scaling, x.shape, (a.dtype, b.dtype)
+            return out.view(*x.shape[:-1], out.shape[-1])
+
+        @staticmethod
+        def backward(ctx, grad):
+            rows, low_rank, a_cast, b_scaled = ctx.saved_tensors
+            with torch.autocast("cpu", enabled=False):
+                grad_rows = grad.reshape(-1, grad.shape[-1]).contiguous()
+                grad_low_rank = torch.mm(grad_rows, b_scaled)
+                grad_b = torch.mm(grad_rows.t(), low_rank).to(ctx.dtypes[1]).mul_(ctx.scaling)
+                grad_a = torch.mm(grad_low_rank.t(), rows).to(ctx.dtypes[0])
+                grad_x = None
+                if ctx.needs_input_grad[0]:
+                    grad_x = linear(grad_rows, ctx.transposed, None, "none", [], "").addmm_(grad_low_rank, a_cast)
+                    grad_x = grad_x.view(ctx.x_shape)
+            return grad_x, None, None, grad_a, grad_b, None
+
+    return PackedLoraLinear
 
 
 @functools.cache
@@ -766,7 +823,7 @@ def speed_up_training(trainer, fuse_lora: bool = True, model_paths: bool = True,
     @functools.wraps(train)
     def train_with_fast_paths(*pargs, **kwargs):
         copies = FrozenWeightCopies(trainer.model, packed=packed) if keep_copies else None
-        fused = FusedLora(trainer.model) if fuse_lora else None
+        fused = FusedLora(trainer.model, copies) if fuse_lora else None
         with heap_kept_for_reuse(args.device, reuse_heap):
             for path in (copies, fused):
                 if path is not None:
