@@ -7,10 +7,11 @@ transformers, TRL or torch it leans on, so an upgrade that moves that API fails 
   Leans on ``Trainer.compute_loss``'s signature and attributes and TRL's ``completion_mask``.
 - ``trained_positions``: within it, the LM head only at positions whose next token is trained on
   (``fixed_cross_entropy``, ``logits_to_keep`` given as indices).
-- ``document_attention`` (``DocumentAttention``): causal SDPA per packed document instead of one
-  row-long SDPA under a block-diagonal mask, on rows of ``DOCUMENT_ATTENTION_MIN_ROW`` tokens or more
+- ``document_attention`` (``DocumentAttention``): attention within each packed document instead of one
+  row-long SDPA under a block-diagonal mask: short documents as one padded batch (``padded_attention``),
+  longer ones one causal SDPA call each on rows of ``DOCUMENT_ATTENTION_MIN_ROW`` tokens or more
   (``AttentionInterface``, ``sdpa_attention_forward``, ``repeat_kv``, the attention kwargs carrying
-  ``position_ids``).
+  ``position_ids``, ``torch._softmax_backward_data``, ``torch.backends.mkldnn.matmul.fp32_precision``).
 - ``frozen_prefix`` (``FrozenPrefixCache``): the frozen layers below the adapters computed once per
   document (``Tensor._version``, the decoder's forward kwargs, decoder layers returning a tensor).
 - ``plain_lm_head``: dpo's ``fused_lm_head=True`` calls answered from the model's own logits of the
@@ -23,7 +24,8 @@ transformers, TRL or torch it leans on, so an upgrade that moves that API fails 
   forward, one transposed for the gradient to the input) and multiplied with ``torch.ops.mkldnn._linear_pointwise``
   (``_reorder_linear_weight``, ``_is_mkldnn_bf16_supported``), which skips the per-call reorder of a plain weight.
 - ``fused_lora`` (``FusedLora``): in training, a LoRA Linear's update added by one ``addmm`` with the scaling
-  folded into ``lora_B``, and its input cast to the autocast dtype once (PEFT's ``LoraLayer`` attributes:
+  folded into ``lora_B``, in one autograd function with the base matmul where its weight is kept packed, and an
+  input cast to the autocast dtype once for the layers that read it (PEFT's ``LoraLayer`` attributes:
   ``lora_A``, ``lora_B``, ``lora_dropout``, ``scaling``, ``lora_variant``, ``merged``, ``disable_adapters``).
 - ``heap_reuse`` (``HeapReuse``): in training (a Trainer's through ``speed_up_training``, a hand-written loop's
   through ``heap_kept_for_reuse``), glibc's malloc keeps freed memory for reuse instead of unmapping it
@@ -184,9 +186,9 @@ class PaddedDocuments:
 
 @contextlib.contextmanager
 def onednn_float32_matmuls():
-    """Float32 matmuls through oneDNN while inside: on this CPU twice as fast as the default BLAS at the
-    padded batch's shapes, with the same results. It is the setting that allows oneDNN bf16 inputs with float32
-    accumulation, which oneDNN takes only on CPUs with AMX, as the CPU flash kernel keeps its scores."""
+    """Float32 matmuls through oneDNN while inside: on the CPU of docs/benchmarks.md twice as fast as the default
+    BLAS at the padded batch's shapes, with bit-identical results. The setting also lets oneDNN round the inputs to
+    bf16 (accumulating in float32), as the CPU flash kernel does with bf16 inputs; it did not on that CPU."""
     import torch
 
     matmul = torch.backends.mkldnn.matmul
@@ -608,9 +610,12 @@ class FusedLora:
     PEFT's forward casts the input to float32 for ``lora_A`` (which autocast casts back), multiplies
     the update by the scaling and adds it to the base output: passes over input- and output-sized
     tensors, and as many again in the backward, for each of a model's ~200 adapted layers. Here the
-    input is cast to the autocast dtype once for both the base layer and ``lora_A``, the scaling is
-    folded into ``lora_B``'s (small) weight, and the update is added inside the matmul (``addmm``). The
-    sum is rounded once instead of three times; otherwise the numbers are the stock ones. Merged,
+    input is cast to the autocast dtype once for both the base layer and ``lora_A`` (and for the next
+    layers that read the same input, as k and v read q's), the scaling is folded into ``lora_B``'s
+    (small) weight, and the update is added inside the matmul (``addmm``), in one autograd function
+    (``lora_update``), which takes in the base matmul as well where ``copies`` keeps its weight packed
+    (``packed_lora_linear``). The sum is rounded once instead of three times; otherwise the numbers
+    are the stock ones. Merged,
     disabled or mixed-batch adapters, DoRA and other variants, LoRA biases and extra forward
     arguments take PEFT's own forward.
     """
@@ -735,8 +740,10 @@ def lora_update():
                 grad_rows = grad.reshape(-1, grad.shape[-1])
                 grad_low_rank = torch.mm(grad_rows, b_scaled)
                 grad_b = torch.mm(grad_rows.t(), low_rank).to(ctx.dtypes[1]).mul_(ctx.scaling)
-                grad_x = torch.mm(grad_low_rank, a_cast).view(ctx.x_meta[0]).to(ctx.x_meta[1])
                 grad_a = torch.mm(grad_low_rank.t(), rows).to(ctx.dtypes[0])
+                grad_x = None
+                if ctx.needs_input_grad[0]:
+                    grad_x = torch.mm(grad_low_rank, a_cast).view(ctx.x_meta[0]).to(ctx.x_meta[1])
             return grad_x, grad, grad_a, grad_b, None
 
     return LoraUpdate
