@@ -24,6 +24,7 @@ import os, signal, sys, time
 if "--check" in sys.argv:
     if os.environ.get("STAND_IN_CHECK_WAITS"):  # a check still reading the data; Ctrl-C ends it as the recipes' does
         signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
+        open(os.environ["STAND_IN_CHECK_WAITS"], "w").close()  # it waits now
         time.sleep(120)
     sys.exit(0)
 def stop(signum, frame):
@@ -146,9 +147,10 @@ def test_ctrl_z_pauses_every_training_process_with_the_launcher_and_fg_continues
 def test_ctrl_c_while_the_check_runs_exits_130_and_starts_no_training(tmp_path):
     """With several processes the launcher checks the config before torchrun starts; a Ctrl-C in those seconds
     ends the check and the run with 130 too, not click's "Aborted!" and 1."""
-    proc = launched(tmp_path, 2, STAND_IN_CHECK_WAITS="1")
+    waiting = tmp_path / "check-waits"
+    proc = launched(tmp_path, 2, STAND_IN_CHECK_WAITS=str(waiting))
     deadline = time.monotonic() + 60
-    while not processes_mentioning(f"{tmp_path / 'config.yaml'} --check") and time.monotonic() < deadline:
+    while not waiting.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGINT)
     out = finished(proc, "")
