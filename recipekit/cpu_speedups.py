@@ -652,18 +652,28 @@ class FusedLora:
             return peft_forward(x, *args, **kwargs)
         self.used.add(id(module))
         x = self._cast(x, torch.get_autocast_dtype("cpu"))
-        base = module.base_layer
-        if self.copies is not None and len(adapters) == 1 and base.bias is None and base in self.copies.modules_set:
+        pair = self._packed_pair(module, adapters, x)
+        if pair is not None:
             adapter = adapters[0]
-            pair = self.copies.copy_for(base, x) if isinstance(module.lora_dropout[adapter], torch.nn.Identity) else None
-            if isinstance(pair, tuple):
-                return packed_lora_linear().apply(x, *pair, module.lora_A[adapter].weight, module.lora_B[adapter].weight,
-                                                  module.scaling[adapter])
-        result = base(x)
+            return packed_lora_linear().apply(x, *pair, module.lora_A[adapter].weight, module.lora_B[adapter].weight,
+                                              module.scaling[adapter])
+        result = module.base_layer(x)
         for adapter in adapters:
             result = lora_update().apply(module.lora_dropout[adapter](x), result, module.lora_A[adapter].weight,
                                          module.lora_B[adapter].weight, module.scaling[adapter])
         return result
+
+    def _packed_pair(self, module, adapters, x):
+        """The packed pair of ``module``'s base weight where the base matmul can join LoRA's function (one adapter
+        without dropout, a base layer without bias whose weight ``copies`` keeps packed), else None."""
+        import torch
+
+        base = module.base_layer
+        if (self.copies is None or len(adapters) != 1 or base.bias is not None or base not in self.copies.modules_set
+                or not isinstance(module.lora_dropout[adapters[0]], torch.nn.Identity)):
+            return None
+        pair = self.copies.copy_for(base, x)
+        return pair if isinstance(pair, tuple) else None
 
     def _cast(self, x, dtype):
         """``x`` in ``dtype``, cast once for all the layers that read it in turn (q, k and v; gate and up)."""
@@ -675,6 +685,26 @@ class FusedLora:
         cast = x.to(dtype)
         self._last_cast = (x, x._version, cast)
         return cast
+
+
+def low_rank_forward(rows, a, b, scaling):
+    """LoRA's share of a forward, in the dtype of ``rows`` (the input, one row per token): ``A`` cast, ``B`` scaled
+    and cast, and ``rows @ A^T``."""
+    import torch
+
+    a_cast, b_scaled = a.to(rows.dtype), (b * scaling).to(rows.dtype)
+    return a_cast, b_scaled, torch.mm(rows, a_cast.t())
+
+
+def low_rank_backward(grad_rows, rows, low_rank, a_cast, b_scaled, scaling, dtypes):
+    """From the output's gradient (one row per token): the gradient of ``rows @ A^T`` (for the input's, which the
+    caller adds where it belongs), and those of ``A`` and ``B`` in their own ``dtypes``."""
+    import torch
+
+    grad_low_rank = torch.mm(grad_rows, b_scaled)
+    grad_b = torch.mm(grad_rows.t(), low_rank).to(dtypes[1]).mul_(scaling)
+    grad_a = torch.mm(grad_low_rank.t(), rows).to(dtypes[0])
+    return grad_low_rank, grad_a, grad_b
 
 
 @functools.cache
@@ -691,8 +721,7 @@ def packed_lora_linear():
         def forward(ctx, x, forward, transposed, a, b, scaling):
             with torch.autocast("cpu", enabled=False):
                 rows = x.reshape(-1, x.shape[-1]).contiguous()
-                a_cast, b_scaled = a.to(x.dtype), (b * scaling).to(x.dtype)
-                low_rank = torch.mm(rows, a_cast.t())
+                a_cast, b_scaled, low_rank = low_rank_forward(rows, a, b, scaling)
                 out = linear(rows, forward, None, "none", [], "").addmm_(low_rank, b_scaled.t())
             ctx.save_for_backward(rows, low_rank, a_cast, b_scaled)
             ctx.transposed, ctx.scaling, ctx.x_shape, ctx.dtypes = transposed, scaling, x.shape, (a.dtype, b.dtype)
@@ -703,9 +732,8 @@ def packed_lora_linear():
             rows, low_rank, a_cast, b_scaled = ctx.saved_tensors
             with torch.autocast("cpu", enabled=False):
                 grad_rows = grad.reshape(-1, grad.shape[-1]).contiguous()
-                grad_low_rank = torch.mm(grad_rows, b_scaled)
-                grad_b = torch.mm(grad_rows.t(), low_rank).to(ctx.dtypes[1]).mul_(ctx.scaling)
-                grad_a = torch.mm(grad_low_rank.t(), rows).to(ctx.dtypes[0])
+                grad_low_rank, grad_a, grad_b = low_rank_backward(grad_rows, rows, low_rank, a_cast, b_scaled,
+                                                                  ctx.scaling, ctx.dtypes)
                 grad_x = None
                 if ctx.needs_input_grad[0]:
                     grad_x = linear(grad_rows, ctx.transposed, None, "none", [], "").addmm_(grad_low_rank, a_cast)
@@ -725,9 +753,8 @@ def lora_update():
         @staticmethod
         def forward(ctx, x, result, a, b, scaling):
             with torch.autocast("cpu", enabled=False):
-                a_cast, b_scaled = a.to(result.dtype), (b * scaling).to(result.dtype)
                 rows = x.reshape(-1, x.shape[-1]).to(result.dtype)
-                low_rank = torch.mm(rows, a_cast.t())
+                a_cast, b_scaled, low_rank = low_rank_forward(rows, a, b, scaling)
                 out = torch.addmm(result.reshape(-1, result.shape[-1]), low_rank, b_scaled.t())
             ctx.save_for_backward(rows, low_rank, a_cast, b_scaled)
             ctx.scaling, ctx.x_meta, ctx.dtypes = scaling, (x.shape, x.dtype), (a.dtype, b.dtype)
@@ -738,9 +765,8 @@ def lora_update():
             rows, low_rank, a_cast, b_scaled = ctx.saved_tensors
             with torch.autocast("cpu", enabled=False):
                 grad_rows = grad.reshape(-1, grad.shape[-1])
-                grad_low_rank = torch.mm(grad_rows, b_scaled)
-                grad_b = torch.mm(grad_rows.t(), low_rank).to(ctx.dtypes[1]).mul_(ctx.scaling)
-                grad_a = torch.mm(grad_low_rank.t(), rows).to(ctx.dtypes[0])
+                grad_low_rank, grad_a, grad_b = low_rank_backward(grad_rows, rows, low_rank, a_cast, b_scaled,
+                                                                  ctx.scaling, ctx.dtypes)
                 grad_x = None
                 if ctx.needs_input_grad[0]:
                     grad_x = torch.mm(grad_low_rank, a_cast).view(ctx.x_meta[0]).to(ctx.x_meta[1])
